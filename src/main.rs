@@ -1,1 +1,165 @@
-fn main() {}
+//! The `egress-edge` binary: parse the command line, dispatch, map errors to exit codes
+//! (0 ok, 1 usage or config error, 2 runtime failure).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use egress_edge::app::{App, BuildOptions, Listeners};
+use egress_edge::cli::{CaCommand, Cli, Command, HandleCommand, SdsCommand, StateArgs};
+use egress_edge::config::{self, Config};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Failure {
+    Config(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, Failure> {
+    match path {
+        Some(p) => config::load_file(p),
+        None => Config::builtin(),
+    }
+    .map_err(|e| Failure::Config(e.to_string()))
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run { config } => run(load(config.as_deref())?).await,
+        Command::CheckConfig { config } => {
+            let c = load(Some(&config))?;
+            // Referenced files are part of validity: a config whose CA or roots cannot load
+            // would fail at `run`.
+            egress_edge::app::check_files(&c).map_err(Failure::Config)?;
+            println!(
+                "{}: ok ({} destinations, default rung {})",
+                config.display(),
+                c.destinations.len(),
+                c.default_rung
+            );
+            Ok(())
+        }
+        Command::Ca(CaCommand::Export(StateArgs { state_dir, config })) => {
+            let mut c = load(config.as_deref())?;
+            if let Some(dir) = state_dir {
+                c.state_dir = dir;
+            }
+            let pem = egress_edge::app::export_ca(&c)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            print!("{pem}");
+            Ok(())
+        }
+        Command::Handle(cmd) => handle(cmd).await,
+        Command::Sds(SdsCommand::Serve {
+            listen,
+            secrets,
+            tls_cert,
+            tls_key,
+            client_ca,
+        }) => {
+            egress_edge::logging::init(
+                &Config::builtin()
+                    .map_err(|e| Failure::Config(e.to_string()))?
+                    .log,
+            );
+            let listen = egress_sds::server::Listen::parse(&listen)
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            let tls = egress_sds::server::ServerTls::from_parts(tls_cert, tls_key, client_ca)
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            let opts = egress_sds::server::ServeOptions {
+                listen,
+                secrets_file: secrets,
+                tls,
+            };
+            egress_sds::server::serve(opts, shutdown_signal())
+                .await
+                .context("sds serve")
+                .map_err(Failure::Runtime)
+        }
+    }
+}
+
+async fn handle(cmd: HandleCommand) -> Result<(), Failure> {
+    egress_edge::handles_cli::run(cmd)
+        .await
+        .map_err(|e| match e {
+            egress_edge::handles_cli::CliError::Usage(m) => Failure::Config(m),
+            egress_edge::handles_cli::CliError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })
+}
+
+async fn run(config: Config) -> Result<(), Failure> {
+    egress_edge::logging::init(&config.log);
+    let listeners = Listeners::bind(&config)
+        .await
+        .context("binding listeners")?;
+    let app = App::build(config, listeners, BuildOptions::default())
+        .await
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    app.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,146 @@
+//! JSON shapes of the admin API's handle endpoints, so every front end (admin API, CLI) parses
+//! and prints them identically:
+//!
+//! - `POST /v1/handles` body → [`MintRequest`] (`ttl` is a humantime string such as `"15m"`,
+//!   defaulting to [`DEFAULT_TTL`]; unknown fields are refused);
+//! - its response ← [`Minted`] (`{"handle","id","expires_at"}` with RFC 3339 expiry);
+//! - `POST /v1/handles/revoke` body → [`RevokeTarget`] (exactly one of `id` or `session`).
+//!
+//! Field validation beyond JSON shape happens at mint/revoke time. This module does no I/O.
+
+use serde::de::Error as _;
+use serde::ser::SerializeStruct as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::mint::{DEFAULT_TTL, MintRequest, Minted};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequestBody {
+    credentials: Vec<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    path_prefixes: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for MintRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let body = MintRequestBody::deserialize(deserializer)?;
+        let ttl = match &body.ttl {
+            None => DEFAULT_TTL,
+            Some(text) => humantime::parse_duration(text).map_err(|e| {
+                D::Error::custom(format!("ttl {text:?} is not a duration like \"15m\": {e}"))
+            })?,
+        };
+        Ok(MintRequest {
+            credentials: body.credentials,
+            ttl,
+            session: body.session,
+            host: body.host,
+            methods: body.methods,
+            path_prefixes: body.path_prefixes,
+        })
+    }
+}
+
+impl Serialize for Minted {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Minted", 3)?;
+        s.serialize_field("handle", &self.handle)?;
+        s.serialize_field("id", &self.id)?;
+        s.serialize_field("expires_at", &self.expires_at_rfc3339())?;
+        s.end()
+    }
+}
+
+/// What to revoke: one handle by id, or every handle of a session issued so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// A handle id (32 hex characters).
+    Id(String),
+    /// A session name.
+    Session(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RevokeTarget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match RevokeBody::deserialize(deserializer)? {
+            RevokeBody {
+                id: Some(id),
+                session: None,
+            } => Ok(RevokeTarget::Id(id)),
+            RevokeBody {
+                id: None,
+                session: Some(session),
+            } => Ok(RevokeTarget::Session(session)),
+            _ => Err(D::Error::custom(
+                "give exactly one of \"id\" or \"session\"",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn mint_body_parses_with_defaults() {
+        let req: MintRequest = serde_json::from_str(
+            r#"{"credentials":["openai-key"],"ttl":"15m","session":"sbx-1","host":"api.openai.com"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.ttl, Duration::from_secs(900));
+        assert_eq!(req.session.as_deref(), Some("sbx-1"));
+        let req: MintRequest = serde_json::from_str(r#"{"credentials":["a"]}"#).unwrap();
+        assert_eq!(req.ttl, DEFAULT_TTL);
+        assert!(
+            serde_json::from_str::<MintRequest>(r#"{"credentials":["a"],"ttl":"soon"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<MintRequest>(r#"{"credentials":["a"],"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn revoke_body_needs_exactly_one() {
+        assert_eq!(
+            serde_json::from_str::<RevokeTarget>(r#"{"id":"ab"}"#).unwrap(),
+            RevokeTarget::Id("ab".into())
+        );
+        assert_eq!(
+            serde_json::from_str::<RevokeTarget>(r#"{"session":"s"}"#).unwrap(),
+            RevokeTarget::Session("s".into())
+        );
+        assert!(serde_json::from_str::<RevokeTarget>(r#"{}"#).is_err());
+        assert!(serde_json::from_str::<RevokeTarget>(r#"{"id":"a","session":"s"}"#).is_err());
+    }
+
+    #[test]
+    fn minted_serializes_rfc3339() {
+        let minted = Minted {
+            handle: "eeh_x.y".into(),
+            id: "00".into(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        assert_eq!(
+            serde_json::to_string(&minted).unwrap(),
+            r#"{"handle":"eeh_x.y","id":"00","expires_at":"2023-11-14T22:13:20Z"}"#
+        );
+    }
+}

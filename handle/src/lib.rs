@@ -1,0 +1,173 @@
+//! egress-edge handles: short-lived, scoped, Ed25519-signed tokens (`eeh_…`) that a sandbox
+//! holds instead of a real credential.
+//!
+//! - [`HandleAuthority`] bundles what one process needs: the signing key in the state dir,
+//!   a [`Verifier`] and the persistent [`RevocationList`].
+//! - Minting ([`MintRequest`] → [`Minted`]) validates and signs; verification
+//!   ([`Verifier::verify`]) checks shape, key, signature, time and revocation;
+//!   [`Claims::authorize`] checks the scope against one request.
+//! - [`find_handles`], [`looks_like_handle`] and [`redact`] let the proxy keep handles out of
+//!   upstream requests and logs.
+//! - [`api`] holds the admin API's JSON shapes.
+//!
+//! Token format (version 1): `eeh_` + base64url(payload) + `.` + base64url(signature), at most
+//! [`MAX_TOKEN_LEN`] bytes, where payload is a fixed binary layout (version, key id, 128-bit id,
+//! iat, exp, session, credentials, host, methods, path prefixes) and signature is Ed25519 over
+//! `"eeh-v1\0" || payload`; details in the `token` module. Errors map to the contract's
+//! refusal codes through [`HandleError::code`].
+//!
+//! This crate does no networking and holds no credentials: it only decides whether a presented
+//! handle may redeem a named credential.
+
+pub mod api;
+mod claims;
+mod detect;
+mod error;
+mod fsutil;
+mod keys;
+mod mint;
+mod pem;
+mod revocation;
+mod scope;
+mod token;
+mod verify;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use api::RevokeTarget;
+pub use claims::Claims;
+pub use detect::{contains_handle, find_handles, looks_like_handle, redact};
+pub use error::HandleError;
+pub use keys::{KEY_FILE, KeyRing, PUBLIC_KEY_FILE, SigningKey, VerifyingKey};
+pub use mint::{DEFAULT_MAX_TTL, DEFAULT_TTL, MintRequest, Minted};
+pub use revocation::{REVOCATION_FILE, RevocationList};
+pub use scope::{
+    MAX_CREDENTIALS, MAX_HOST_LEN, MAX_METHOD_LEN, MAX_METHODS, MAX_NAME_LEN, MAX_PATH_PREFIX_LEN,
+    MAX_PATH_PREFIXES,
+};
+pub use token::{MAX_TOKEN_LEN, PREFIX};
+pub use verify::{CLOCK_SKEW, Verifier};
+
+/// Mints, verifies and revokes handles for one state directory.
+pub struct HandleAuthority {
+    state_dir: PathBuf,
+    signing: SigningKey,
+    verifier: Verifier,
+    max_ttl: Duration,
+}
+
+impl HandleAuthority {
+    /// Opens (creating on first use) the signing key `handle-key.pem`, its public export
+    /// `handle-key.pub` and the revocation list `revoked.json` in `state_dir` (0700 if created).
+    ///
+    /// `max_ttl` caps minted lifetimes and bounds how long revocations are remembered; every
+    /// process sharing the state dir should use the same value. It must be at least 1 s.
+    pub fn open(state_dir: &Path, max_ttl: Duration) -> Result<Self, HandleError> {
+        if max_ttl.as_secs() == 0 {
+            return Err(HandleError::BadRequest(
+                "the maximum handle ttl must be at least 1s".to_owned(),
+            ));
+        }
+        let signing = SigningKey::load_or_create(state_dir)?;
+        let revocations = Arc::new(RevocationList::load(
+            &state_dir.join(REVOCATION_FILE),
+            max_ttl,
+        )?);
+        let keys: KeyRing = std::iter::once(signing.verifying_key().clone()).collect();
+        Ok(HandleAuthority {
+            state_dir: state_dir.to_path_buf(),
+            signing,
+            verifier: Verifier::new(keys, revocations, max_ttl),
+            max_ttl,
+        })
+    }
+
+    /// Mints a handle issued now.
+    pub fn mint(&self, req: &MintRequest) -> Result<Minted, HandleError> {
+        self.mint_at(req, SystemTime::now())
+    }
+
+    /// Mints a handle issued at `now` (tests, deterministic tooling).
+    pub fn mint_at(&self, req: &MintRequest, now: SystemTime) -> Result<Minted, HandleError> {
+        mint::mint(&self.signing, req, self.max_ttl, now)
+    }
+
+    /// Verifies a handle at `now`; see [`Verifier::verify`]. Scope is checked separately with
+    /// [`Claims::authorize`].
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, HandleError> {
+        self.verifier.verify(token, now)
+    }
+
+    /// Revokes one handle by id, persistently.
+    pub fn revoke_id(&self, id: &str) -> Result<(), HandleError> {
+        self.verifier.revocations().revoke_id(id)
+    }
+
+    /// Revokes every handle of `session` issued so far, persistently.
+    pub fn revoke_session(&self, session: &str) -> Result<(), HandleError> {
+        self.verifier.revocations().revoke_session(session)
+    }
+
+    /// Revokes what an admin API request names.
+    pub fn revoke(&self, target: &RevokeTarget) -> Result<(), HandleError> {
+        match target {
+            RevokeTarget::Id(id) => self.revoke_id(id),
+            RevokeTarget::Session(session) => self.revoke_session(session),
+        }
+    }
+
+    /// Picks up revocations written by other processes; call about once a second.
+    /// See [`RevocationList::reload_if_changed`].
+    pub fn reload_revocations_if_changed(&self) -> Result<bool, HandleError> {
+        self.verifier.revocations().reload_if_changed()
+    }
+
+    /// The public key as PEM (also in `state_dir/handle-key.pub`), for replicas that only verify.
+    pub fn public_key_pem(&self) -> String {
+        self.signing.verifying_key().to_pem()
+    }
+
+    /// The signing key's id (16 hex characters).
+    pub fn kid(&self) -> String {
+        self.signing.verifying_key().kid_hex()
+    }
+
+    /// The verifier (clone it to share with request handlers).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The verifier, to trust further public keys (rotation, other replicas' keys).
+    pub fn verifier_mut(&mut self) -> &mut Verifier {
+        &mut self.verifier
+    }
+
+    /// The revocation list.
+    pub fn revocations(&self) -> &Arc<RevocationList> {
+        self.verifier.revocations()
+    }
+
+    /// The configured maximum ttl.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl fmt::Debug for HandleAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandleAuthority")
+            .field("state_dir", &self.state_dir)
+            .field("signing", &self.signing)
+            .field("max_ttl", &self.max_ttl)
+            .field("verifier", &self.verifier)
+            .finish()
+    }
+}

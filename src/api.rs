@@ -1,0 +1,262 @@
+//! What the admin endpoints read and do, apart from HTTP plumbing: the CA certificate,
+//! readiness of secrets, metrics that are sampled at scrape time, the redacted effective
+//! config, and handle minting and revocation.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use egress_ca::DeploymentCa;
+use egress_sds::store::SecretStore;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::admin::{error, json};
+use crate::bump::Bumper;
+use crate::config::{Config, SecretsConfig};
+use crate::metrics::Metrics;
+use crate::refusal::Body;
+use crate::state::Shared;
+
+/// Counters copied from component stats at scrape time.
+#[derive(Debug, Default)]
+struct Sampled {
+    leaf_hits: Counter<u64, AtomicU64>,
+    leaf_misses: Counter<u64, AtomicU64>,
+    leaf_mints: Counter<u64, AtomicU64>,
+    leaf_mint_failures: Counter<u64, AtomicU64>,
+    leaf_mint_seconds: Counter<f64, AtomicU64>,
+    sds_connected: Gauge,
+    sds_reconnects: Counter<u64, AtomicU64>,
+    sds_nacks: Counter<u64, AtomicU64>,
+    secrets_warm: Gauge,
+}
+
+#[derive(Debug)]
+pub struct Api {
+    ca: Option<Arc<DeploymentCa>>,
+    bumper: Option<Arc<Bumper>>,
+    secrets: Option<SecretStore>,
+    initial_fetch_timeout: Duration,
+    sampled: Sampled,
+}
+
+/// PEM roots delivered as SDS `validation_context` secrets named in `upstream.extra_roots_sds`.
+pub fn sds_roots(config: &Config, secrets: Option<&SecretStore>) -> Vec<(String, String)> {
+    let Some(store) = secrets else {
+        return Vec::new();
+    };
+    config
+        .upstream
+        .extra_roots_sds
+        .iter()
+        .filter_map(|name| {
+            let v = store.get(name)?;
+            match &*v.secret {
+                egress_sds::Secret::ValidationContext { trusted_ca_pem } => {
+                    Some((name.clone(), trusted_ca_pem.clone()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+impl Api {
+    pub fn new(
+        ca: Option<Arc<DeploymentCa>>,
+        bumper: Option<Arc<Bumper>>,
+        secrets: Option<SecretStore>,
+        config: &Config,
+    ) -> Result<Api, String> {
+        let initial_fetch_timeout = match &config.secrets {
+            Some(SecretsConfig::Sds(s)) => s.initial_fetch_timeout,
+            _ => Duration::from_secs(10),
+        };
+        Ok(Api {
+            ca,
+            bumper,
+            secrets,
+            initial_fetch_timeout,
+            sampled: Sampled::default(),
+        })
+    }
+
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let s = &self.sampled;
+        metrics.with_registry(|r| {
+            r.register(
+                "leaf_cache_hits",
+                "Leaf certificate cache hits",
+                s.leaf_hits.clone(),
+            );
+            r.register(
+                "leaf_cache_misses",
+                "Leaf certificate cache misses",
+                s.leaf_misses.clone(),
+            );
+            r.register(
+                "leaf_mints",
+                "Leaf certificates minted",
+                s.leaf_mints.clone(),
+            );
+            r.register(
+                "leaf_mint_failures",
+                "Leaf mint failures",
+                s.leaf_mint_failures.clone(),
+            );
+            r.register(
+                "leaf_mint_seconds",
+                "Total time spent minting leaves",
+                s.leaf_mint_seconds.clone(),
+            );
+            r.register(
+                "sds_stream_connected",
+                "1 while the SDS stream is connected",
+                s.sds_connected.clone(),
+            );
+            r.register(
+                "sds_reconnects",
+                "SDS stream reconnects",
+                s.sds_reconnects.clone(),
+            );
+            r.register(
+                "sds_nacks",
+                "SDS responses rejected (NACKed)",
+                s.sds_nacks.clone(),
+            );
+            r.register(
+                "secrets_warm",
+                "1 when every referenced secret has been delivered",
+                s.secrets_warm.clone(),
+            );
+        });
+    }
+
+    pub fn metrics_text(&self, shared: &Shared) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.sampled;
+        if let Some(b) = &self.bumper {
+            let st = b.leaves().stats().snapshot();
+            s.leaf_hits.inner().store(st.hits, Relaxed);
+            s.leaf_misses.inner().store(st.misses, Relaxed);
+            s.leaf_mints.inner().store(st.mints, Relaxed);
+            s.leaf_mint_failures
+                .inner()
+                .store(st.mint_failures, Relaxed);
+            s.leaf_mint_seconds
+                .inner()
+                .store((st.mint_nanos_total as f64 / 1e9).to_bits(), Relaxed);
+        }
+        if let Some(store) = &self.secrets {
+            let st = store.stats();
+            s.sds_connected.set(i64::from(st.source.connected));
+            s.sds_reconnects
+                .inner()
+                .store(st.source.reconnects, Relaxed);
+            s.sds_nacks.inner().store(st.source.nacks, Relaxed);
+            s.secrets_warm.set(i64::from(st.warm));
+        }
+        let mut out = shared.metrics.encode();
+        if let Some(store) = &self.secrets {
+            out = append_secret_versions(out, store);
+        }
+        out
+    }
+
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca.as_ref().map(|c| c.cert_pem().to_owned())
+    }
+
+    pub fn secrets_ready(&self) -> bool {
+        self.secrets
+            .as_ref()
+            .is_none_or(|s| s.warm_or_timed_out(self.initial_fetch_timeout))
+    }
+
+    pub fn secrets(&self) -> Option<&SecretStore> {
+        self.secrets.as_ref()
+    }
+
+    pub fn config_json(&self, shared: &Shared) -> Response<Body> {
+        let snap = shared.snapshot();
+        match serde_json::to_value(&*snap.config) {
+            Ok(mut v) => {
+                v["kill_switch"] = serde_json::Value::Bool(shared.kill.is_enabled());
+                if let Some(ca) = &self.ca {
+                    v["ca"]["fingerprint_sha256"] =
+                        serde_json::Value::String(ca.fingerprint_sha256());
+                }
+                json(StatusCode::OK, &v)
+            }
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    pub async fn mint_handle(&self, _req: Request<Incoming>) -> Response<Body> {
+        error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "handle minting is not available in this build",
+        )
+    }
+
+    pub async fn revoke_handle(&self, _req: Request<Incoming>) -> Response<Body> {
+        error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "handle revocation is not available in this build",
+        )
+    }
+}
+
+/// Per-secret version info as an info-style gauge. Versions are opaque keyed hashes, never
+/// derived from secret values in a way that could be inverted.
+fn append_secret_versions(out: String, store: &SecretStore) -> String {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct SecretLabels {
+        secret: String,
+        version: String,
+    }
+    let mut reg = prometheus_client::registry::Registry::with_prefix("egress_edge");
+    let versions = Family::<SecretLabels, Gauge>::default();
+    let updated = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
+    for s in store.stats().secrets {
+        let labels = SecretLabels {
+            secret: s.name.clone(),
+            version: s.version.clone().unwrap_or_default(),
+        };
+        versions
+            .get_or_create(&labels)
+            .set(i64::from(s.version.is_some()));
+        if let Some(t) = s.updated_at {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            updated.get_or_create(&labels).set(secs);
+        }
+    }
+    reg.register(
+        "secret_version",
+        "Secret version in use (1 when delivered)",
+        versions,
+    );
+    reg.register(
+        "secret_updated_timestamp_seconds",
+        "When the secret was last updated",
+        updated,
+    );
+    let mut extra = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut extra, &reg);
+    // Both texts end with "# EOF"; keep exactly one, at the end.
+    let body = out.trim_end().trim_end_matches("# EOF").to_owned();
+    body + &extra
+}

@@ -1,0 +1,693 @@
+//! Reading a config file into [`Config`], with errors located by key path and line.
+//!
+//! Parse errors come from the YAML parser (which knows the line) wrapped with
+//! `serde_path_to_error` (which knows the key path). Errors found after parsing (cross-field
+//! rules) carry the key path; the line is found by walking the YAML text for that path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::{self, DenyEntry, RawConfig};
+use super::{
+    AdminConfig, CaConfig, CaSource, Config, LogConfig, NetworkConfig, ProxyConfig, SdsConfig,
+    SdsTlsFiles, SecretsConfig, TlsServerFiles, UpstreamConfig, rules_from,
+};
+use crate::host::Host;
+use crate::netguard::AddressPolicy;
+use crate::policy::{Policy, Rung};
+
+/// A config error, located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or `<built-in default>`).
+    pub origin: String,
+    /// Dotted key path, e.g. `destinations[2].credential.format`; empty for the document.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        key: String::new(),
+        line: None,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    parse_str(&text, &origin)
+}
+
+/// Parses config text; `origin` names it in errors.
+pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    // An empty document means "all defaults", which serde_yaml reports as an error otherwise.
+    let raw: RawConfig = if text.trim().is_empty() {
+        RawConfig::default()
+    } else {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| l.line());
+            ConfigError {
+                origin: origin.to_owned(),
+                key: if key == "." { String::new() } else { key },
+                line,
+                message: strip_location(&inner.to_string()),
+            }
+        })?
+    };
+    from_raw(raw).map_err(|(key, message)| ConfigError {
+        origin: origin.to_owned(),
+        line: locate(text, &key),
+        key,
+        message,
+    })
+}
+
+/// serde_yaml appends " at line N column M"; we print the line ourselves.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Best-effort line of a dotted key path (`a.b[2].c`) in block or flow YAML.
+fn locate(text: &str, key: &str) -> Option<usize> {
+    if key.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0usize;
+    let mut found = None;
+    for seg in key.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let needle = format!("{name}:");
+        // A key that is absent (the error is that it is missing) is reported at its parent.
+        let Some(pos) = lines.iter().enumerate().skip(from).find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&needle)
+                || l.contains(&format!("{{ {needle}"))
+                || l.contains(&format!(", {needle}"))
+        }) else {
+            return found;
+        };
+        from = pos.0;
+        found = Some(pos.0 + 1);
+        if let Some(idx) = index {
+            let item = lines
+                .iter()
+                .enumerate()
+                .skip(from + 1)
+                .filter(|(_, l)| l.trim_start().starts_with("- "))
+                .nth(idx)?;
+            from = item.0;
+            found = Some(item.0 + 1);
+        }
+    }
+    found
+}
+
+type Located<T> = Result<T, (String, String)>;
+
+fn err<T>(key: &str, msg: impl Into<String>) -> Located<T> {
+    Err((key.to_owned(), msg.into()))
+}
+
+fn from_raw(raw: RawConfig) -> Located<Config> {
+    let proxy = ProxyConfig {
+        listen: raw
+            .proxy
+            .listen
+            .unwrap_or_else(|| ([127, 0, 0, 1], 3128).into()),
+        max_connections: raw.proxy.max_connections.unwrap_or(4096),
+        max_header_bytes: raw.proxy.max_header_bytes.unwrap_or(64 * 1024),
+        header_read_timeout: dur(raw.proxy.header_read_timeout, 10),
+        connect_timeout: dur(raw.proxy.connect_timeout, 10),
+        handshake_timeout: dur(raw.proxy.handshake_timeout, 10),
+        idle_timeout: dur(raw.proxy.idle_timeout, 300),
+        shutdown_grace: dur(raw.proxy.shutdown_grace, 30),
+    };
+    if proxy.max_connections == 0 {
+        return err("proxy.max_connections", "must be at least 1");
+    }
+    if proxy.max_header_bytes < 8192 {
+        return err("proxy.max_header_bytes", "must be at least 8192 bytes");
+    }
+    for (key, d) in [
+        ("proxy.header_read_timeout", proxy.header_read_timeout),
+        ("proxy.connect_timeout", proxy.connect_timeout),
+        ("proxy.handshake_timeout", proxy.handshake_timeout),
+        ("proxy.idle_timeout", proxy.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return err(key, "must be greater than zero");
+        }
+    }
+
+    let admin_tls = match raw.admin.tls {
+        None => None,
+        Some(t) => {
+            if t.ca.is_some() {
+                return err(
+                    "admin.tls.ca",
+                    "unknown key for a server; did you mean `client_ca`?",
+                );
+            }
+            match (t.cert, t.key) {
+                (Some(cert), Some(key)) => Some(TlsServerFiles {
+                    cert,
+                    key,
+                    client_ca: t.client_ca,
+                }),
+                (None, None) if t.client_ca.is_some() => {
+                    return err(
+                        "admin.tls.client_ca",
+                        "client_ca needs the server's own `cert` and `key`",
+                    );
+                }
+                (None, None) => return err("admin.tls", "set `cert` and `key` (or remove `tls`)"),
+                (Some(_), None) => {
+                    return err(
+                        "admin.tls.key",
+                        "`cert` is set without `key`: set both or neither",
+                    );
+                }
+                (None, Some(_)) => {
+                    return err(
+                        "admin.tls.cert",
+                        "`key` is set without `cert`: set both or neither",
+                    );
+                }
+            }
+        }
+    };
+    let admin = AdminConfig {
+        listen: raw
+            .admin
+            .listen
+            .unwrap_or(raw::ListenAddr::Tcp(([127, 0, 0, 1], 9901).into())),
+        token_file: raw.admin.token_file,
+        tls: admin_tls,
+    };
+
+    let log = LogConfig {
+        format: raw.log.format.unwrap_or_default(),
+        level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+    };
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        return err(
+            "log.level",
+            format!(
+                "`{}` is not a level or filter (e.g. info, debug, egress_edge=debug)",
+                log.level
+            ),
+        );
+    }
+
+    let ca_source = match (raw.ca.cert, raw.ca.key, raw.ca.sds) {
+        (None, None, None) => CaSource::Generated,
+        (Some(cert), Some(key), None) => CaSource::Files { cert, key },
+        (None, None, Some(secret)) => CaSource::Sds { secret },
+        (Some(_), None, None) => {
+            return err(
+                "ca.key",
+                "`ca.cert` is set without `ca.key`: bring both or neither",
+            );
+        }
+        (None, Some(_), None) => {
+            return err(
+                "ca.cert",
+                "`ca.key` is set without `ca.cert`: bring both or neither",
+            );
+        }
+        (_, _, Some(_)) => {
+            return err(
+                "ca.sds",
+                "`ca.sds` cannot be combined with `ca.cert`/`ca.key`",
+            );
+        }
+    };
+    let leaf_ttl = dur(raw.ca.leaf_ttl, 24 * 3600);
+    if leaf_ttl < Duration::from_secs(3600) || leaf_ttl > Duration::from_secs(90 * 24 * 3600) {
+        return err("ca.leaf_ttl", "must be between 1h and 90d");
+    }
+
+    let upstream = UpstreamConfig {
+        extra_roots: raw.upstream.extra_roots,
+        extra_roots_sds: raw.upstream.extra_roots_sds,
+        response_header_timeout: dur(raw.upstream.response_header_timeout, 60),
+        pool_idle_timeout: dur(raw.upstream.pool_idle_timeout, 90),
+    };
+
+    let deny_entries = raw.network.deny.unwrap_or_else(|| vec![DenyEntry::Default]);
+    let mut deny = Vec::new();
+    let mut deny_view = Vec::new();
+    for e in deny_entries {
+        match e {
+            DenyEntry::Default => {
+                deny.extend(AddressPolicy::default_deny_nets());
+                deny_view.push("default".to_owned());
+            }
+            DenyEntry::Net(n) => {
+                deny.push(n);
+                deny_view.push(n.to_string());
+            }
+        }
+    }
+    let allow: Vec<_> = raw.network.allow.iter().map(|n| n.0).collect();
+    let mut hosts = HashMap::new();
+    for (name, addrs) in raw.network.hosts {
+        let key = format!("network.hosts.{name}");
+        let normalized = match Host::parse(&name) {
+            Ok(Host::Name(n)) => n,
+            Ok(Host::Ip(_)) => return err(&key, "an address cannot be overridden; only names"),
+            Err(e) => return err(&key, e.to_string()),
+        };
+        let addrs = addrs.into_vec();
+        if addrs.is_empty() {
+            return err(&key, "list at least one address");
+        }
+        hosts.insert(normalized, addrs);
+    }
+    let network = NetworkConfig {
+        addresses: AddressPolicy::new(deny, allow.clone()),
+        deny: deny_view,
+        allow: allow.iter().map(ToString::to_string).collect(),
+        hosts,
+    };
+
+    let secrets = match raw.secrets {
+        None => None,
+        Some(s) => match (s.file, s.sds) {
+            (Some(f), None) => Some(SecretsConfig::File(f)),
+            (None, Some(sds)) => Some(SecretsConfig::Sds(sds_from(sds)?)),
+            (Some(_), Some(_)) => return err("secrets", "set either `file` or `sds`, not both"),
+            (None, None) => return err("secrets", "set `file` or `sds`"),
+        },
+    };
+
+    let (rules, destinations) = rules_from(raw.destinations)?;
+    let default_rung = raw.default_rung.unwrap_or(Rung::Deny);
+    let policy = Policy::new(rules, default_rung);
+
+    let config = Config {
+        proxy,
+        admin,
+        log,
+        state_dir: raw.state_dir.unwrap_or_else(|| "./.egress-edge".into()),
+        ca: CaConfig {
+            source: ca_source,
+            leaf_ttl,
+        },
+        upstream,
+        network,
+        secrets,
+        policy,
+        destinations,
+        default_rung,
+    };
+    if config.secrets.is_none() {
+        if let Some(name) = config.referenced_secrets().into_iter().next() {
+            let key = config
+                .destinations
+                .iter()
+                .position(|d| {
+                    d.credential
+                        .as_ref()
+                        .is_some_and(|c| c.secret_name() == name)
+                })
+                .map(|i| format!("destinations[{i}].credential"))
+                .unwrap_or_else(|| "secrets".to_owned());
+            return err(
+                &key,
+                format!(
+                    "secret `{name}` is referenced but no `secrets` source (file or sds) is configured"
+                ),
+            );
+        }
+    }
+    Ok(config)
+}
+
+fn sds_from(s: raw::RawSds) -> Located<SdsConfig> {
+    let tls = match s.tls {
+        None => None,
+        Some(t) => {
+            if t.client_ca.is_some() {
+                return err(
+                    "secrets.sds.tls.client_ca",
+                    "unknown key for a client; did you mean `ca`?",
+                );
+            }
+            match (&t.cert, &t.key) {
+                (Some(_), None) => {
+                    return err(
+                        "secrets.sds.tls.key",
+                        "`cert` is set without `key`: set both or neither",
+                    );
+                }
+                (None, Some(_)) => {
+                    return err(
+                        "secrets.sds.tls.cert",
+                        "`key` is set without `cert`: set both or neither",
+                    );
+                }
+                _ => {}
+            }
+            Some(SdsTlsFiles {
+                ca: t.ca,
+                cert: t.cert,
+                key: t.key,
+            })
+        }
+    };
+    let target = s.target;
+    let is_unix = target.starts_with("unix://");
+    let is_https = target.starts_with("https://");
+    let is_http = target.starts_with("http://");
+    if !(is_unix || is_https || is_http) {
+        return err(
+            "secrets.sds.target",
+            format!("`{target}`: use unix:///path, https://host:port or http://127.0.0.1:port"),
+        );
+    }
+    if is_http {
+        if tls.is_some() {
+            return err("secrets.sds.tls", "TLS settings need an https:// target");
+        }
+        let authority = target.trim_start_matches("http://").trim_end_matches('/');
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let loopback = match Host::parse(host) {
+            Ok(Host::Ip(ip)) => ip.is_loopback(),
+            Ok(Host::Name(n)) => n == "localhost",
+            Err(_) => false,
+        };
+        if !loopback {
+            return err(
+                "secrets.sds.target",
+                format!(
+                    "`{target}`: plaintext SDS is allowed only to a loopback address; use https:// with `tls`"
+                ),
+            );
+        }
+    }
+    if is_unix && tls.is_some() {
+        return err(
+            "secrets.sds.tls",
+            "TLS settings do not apply to a unix socket target",
+        );
+    }
+    let node_id = s.node_id.unwrap_or_else(default_node_id);
+    if node_id.is_empty() {
+        return err(
+            "secrets.sds.node_id",
+            "must not be empty (SDS servers reject an empty node id)",
+        );
+    }
+    let cluster = s.cluster.unwrap_or_else(|| "egress-edge".to_owned());
+    if cluster.is_empty() {
+        return err("secrets.sds.cluster", "must not be empty");
+    }
+    Ok(SdsConfig {
+        target,
+        tls,
+        node_id,
+        cluster,
+        initial_fetch_timeout: dur(s.initial_fetch_timeout, 10),
+    })
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "egress-edge".to_owned())
+}
+
+fn dur(v: Option<raw::Dur>, default_secs: u64) -> Duration {
+    v.map_or(Duration::from_secs(default_secs), |d| d.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, "test.yaml")
+    }
+
+    #[test]
+    fn builtin_default_is_valid_and_open_to_public_only() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:3128");
+        assert_eq!(c.default_rung, Rung::Passthrough);
+        assert!(
+            c.network
+                .addresses
+                .check("10.0.0.1".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            c.network
+                .addresses
+                .check("93.184.216.34".parse().unwrap())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults_and_denies() {
+        let c = parse("").unwrap();
+        assert_eq!(c.default_rung, Rung::Deny);
+    }
+
+    #[test]
+    fn error_table() {
+        let cases: &[(&str, &str, &str, Option<usize>, &str)] = &[
+            (
+                "unknown top key",
+                "proxy:\n  listen: 127.0.0.1:1\nbogus: 1\n",
+                "bogus",
+                Some(3),
+                "unknown field `bogus`",
+            ),
+            (
+                "unknown nested key",
+                "proxy:\n  lisen: 127.0.0.1:1\n",
+                "proxy.lisen",
+                Some(2),
+                "unknown field `lisen`",
+            ),
+            (
+                "bad listen",
+                "proxy:\n  listen: nope\n",
+                "proxy.listen",
+                Some(2),
+                "invalid socket address",
+            ),
+            (
+                "bad duration",
+                "proxy:\n  idle_timeout: soon\n",
+                "proxy.idle_timeout",
+                Some(2),
+                "not a duration",
+            ),
+            (
+                "bad cidr",
+                "network:\n  allow: [10.0.0.0/99]\n",
+                "network.allow[0]",
+                Some(2),
+                "not a CIDR",
+            ),
+            (
+                "bad host",
+                "destinations:\n  - host: 'a b'\n",
+                "destinations[0].host",
+                Some(2),
+                "invalid host pattern",
+            ),
+            (
+                "mid wildcard",
+                "destinations:\n  - host: a.*.com\n",
+                "destinations[0].host",
+                Some(2),
+                "only a leading",
+            ),
+            (
+                "bad rung",
+                "default_rung: maybe\n",
+                "default_rung",
+                Some(1),
+                "unknown variant",
+            ),
+            (
+                "ca half",
+                "ca:\n  cert: a.pem\n",
+                "ca.key",
+                Some(1),
+                "both or neither",
+            ),
+            (
+                "admin tls half",
+                "admin:\n  tls: { cert: a.pem }\n",
+                "admin.tls.key",
+                Some(2),
+                "set both or neither",
+            ),
+            (
+                "client_ca without cert",
+                "admin:\n  tls: { client_ca: a.pem }\n",
+                "admin.tls.client_ca",
+                Some(2),
+                "needs the server",
+            ),
+            (
+                "secret without source",
+                "destinations:\n  - host: a.com\n    credential: { secret: k }\n",
+                "destinations[0].credential",
+                Some(3),
+                "no `secrets` source",
+            ),
+            (
+                "credential on passthrough",
+                "secrets: { file: s.yaml }\ndestinations:\n  - host: a.com\n    rung: passthrough\n    credential: { secret: k }\n",
+                "destinations[0].rung",
+                Some(4),
+                "must be bumped",
+            ),
+            (
+                "format without placeholder",
+                "secrets: { file: s.yaml }\ndestinations:\n  - host: a.com\n    credential: { secret: k, format: Bearer }\n",
+                "destinations[0].credential.format",
+                Some(4),
+                "exactly once",
+            ),
+            (
+                "plaintext sds off loopback",
+                "secrets:\n  sds: { target: 'http://10.0.0.1:1' }\n",
+                "secrets.sds.target",
+                Some(2),
+                "loopback",
+            ),
+            (
+                "sds mtls half",
+                "secrets:\n  sds: { target: 'https://s:1', tls: { cert: c.pem } }\n",
+                "secrets.sds.tls.key",
+                Some(2),
+                "both or neither",
+            ),
+            (
+                "duplicate id",
+                "destinations:\n  - { id: x, host: a.com }\n  - { id: x, host: b.com }\n",
+                "destinations[1].id",
+                Some(3),
+                "already the id",
+            ),
+            (
+                "require_handle without credential",
+                "destinations:\n  - host: a.com\n    require_handle: true\n",
+                "destinations[0].require_handle",
+                Some(3),
+                "needs a credential",
+            ),
+            (
+                "zero port",
+                "destinations:\n  - { host: a.com, ports: [0] }\n",
+                "destinations[0].ports",
+                Some(2),
+                "at least one port",
+            ),
+        ];
+        for (case, text, key, line, msg) in cases {
+            let e = parse(text).expect_err(case);
+            assert_eq!(&e.key, key, "case `{case}`: {e}");
+            assert_eq!(&e.line, line, "case `{case}`: {e}");
+            assert!(
+                e.message.contains(msg),
+                "case `{case}`: `{}` lacks `{msg}`",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let text = "
+proxy:
+  listen: 127.0.0.1:3128
+admin:
+  listen: 127.0.0.1:9901
+state_dir: ./.egress-edge
+ca:
+  leaf_ttl: 24h
+upstream:
+  extra_roots: [./upstream-ca.pem]
+network:
+  deny: [default]
+  allow: [127.0.0.1/32]
+  hosts: { upstream.test: 127.0.0.1 }
+secrets:
+  file: ./config/secrets.yaml
+destinations:
+  - host: api.openai.com
+    ports: [443]
+    credential:
+      secret: openai-key
+      header: Authorization
+      format: \"Bearer {secret}\"
+  - host: api.example.com
+    credential:
+      oauth2:
+        token_url: https://auth.example.com/oauth/token
+        client: example-client
+        scopes: [read]
+  - host: internal.corp.example
+    credential:
+      client_cert: spiffe-svid
+    require_handle: true
+  - host: \"*.pypi.org\"
+  - host: internal.example.com
+    rung: deny
+default_rung: deny
+";
+        let c = parse(text).unwrap();
+        let rungs: Vec<Rung> = c.policy.rules().iter().map(|r| r.rung).collect();
+        assert_eq!(
+            rungs,
+            vec![
+                Rung::Bump,
+                Rung::Bump,
+                Rung::Bump,
+                Rung::Passthrough,
+                Rung::Deny
+            ]
+        );
+        let names: Vec<String> = c.referenced_secrets().into_iter().collect();
+        assert_eq!(names, vec!["example-client", "openai-key", "spiffe-svid"]);
+        assert_eq!(
+            c.network.hosts["upstream.test"],
+            vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! Typed configuration: what the rest of the proxy reads.
+//!
+//! `raw.rs` is the file as written; [`Config::from_raw`] turns it into these types, applying
+//! defaults and refusing incoherent combinations with errors that name the key. Nothing here
+//! opens a socket or reads a secret; files referenced by the config are read by the stage that
+//! uses them, at startup, so a missing file still stops `run` before it serves.
+
+mod load;
+pub mod raw;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Serialize;
+
+pub use load::{ConfigError, load_file, parse_str};
+pub use raw::{ListenAddr, LogFormat};
+
+use crate::host::Host;
+use crate::netguard::AddressPolicy;
+use crate::policy::{Policy, Rule, Rung};
+
+/// The built-in solo configuration `egress-edge run` uses with no `--config`.
+pub const BUILTIN_DEFAULT: &str = "\
+# egress-edge built-in solo default: public destinations pass through, private ranges are denied.
+proxy:
+  listen: 127.0.0.1:3128
+admin:
+  listen: 127.0.0.1:9901
+state_dir: ./.egress-edge
+network:
+  deny: [default]
+default_rung: passthrough
+";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub state_dir: PathBuf,
+    pub ca: CaConfig,
+    pub upstream: UpstreamConfig,
+    pub network: NetworkConfig,
+    pub secrets: Option<SecretsConfig>,
+    #[serde(skip)]
+    pub policy: Policy,
+    /// The destinations as configured, for `/v1/config`.
+    pub destinations: Vec<DestinationView>,
+    pub default_rung: Rung,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AdminConfig {
+    pub listen: ListenAddr,
+    pub token_file: Option<PathBuf>,
+    pub tls: Option<TlsServerFiles>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaSource {
+    /// Generated on first start under `state_dir`.
+    Generated,
+    /// Bring your own: both files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A `tls_certificate` from the secret source, shared by replicas.
+    Sds { secret: String },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CaConfig {
+    pub source: CaSource,
+    #[serde(with = "humantime_serde_compat")]
+    pub leaf_ttl: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UpstreamConfig {
+    pub extra_roots: Vec<PathBuf>,
+    pub extra_roots_sds: Vec<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub response_header_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NetworkConfig {
+    #[serde(skip)]
+    pub addresses: AddressPolicy,
+    pub deny: Vec<String>,
+    pub allow: Vec<String>,
+    /// Static overrides, keyed by normalized name.
+    pub hosts: HashMap<String, Vec<IpAddr>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretsConfig {
+    File(PathBuf),
+    Sds(SdsConfig),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SdsConfig {
+    pub target: String,
+    pub tls: Option<SdsTlsFiles>,
+    pub node_id: String,
+    pub cluster: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub initial_fetch_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SdsTlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// How a destination's credential is obtained and presented.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// A header filled from a template: `{secret}` is the secret value, `{secret_base64}` its
+    /// base64 (for HTTP Basic from a `user:password` secret).
+    Header {
+        secret: String,
+        #[serde(serialize_with = "ser_header")]
+        header: HeaderName,
+        format: String,
+    },
+    /// OAuth2 client credentials: `client` names a generic secret with `client_id` and
+    /// `client_secret`; the access token goes into `header` as a bearer token.
+    Oauth2 {
+        token_url: String,
+        client: String,
+        scopes: Vec<String>,
+        #[serde(serialize_with = "ser_header")]
+        header: HeaderName,
+    },
+    /// A `tls_certificate` presented to the upstream (mTLS).
+    ClientCert { secret: String },
+}
+
+impl Credential {
+    /// The secret names this credential needs from the secret source.
+    pub fn secret_name(&self) -> &str {
+        match self {
+            Credential::Header { secret, .. } | Credential::ClientCert { secret } => secret,
+            Credential::Oauth2 { client, .. } => client,
+        }
+    }
+
+    /// The request header a handle is looked for in (none for client certificates).
+    pub fn header(&self) -> Option<&HeaderName> {
+        match self {
+            Credential::Header { header, .. } | Credential::Oauth2 { header, .. } => Some(header),
+            Credential::ClientCert { .. } => None,
+        }
+    }
+}
+
+fn ser_header<S: serde::Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_str())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationView {
+    pub id: String,
+    pub host: String,
+    pub ports: Option<Vec<u16>>,
+    pub rung: Rung,
+    pub credential: Option<Credential>,
+    pub require_handle: bool,
+}
+
+impl Config {
+    /// The built-in solo default.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        parse_str(BUILTIN_DEFAULT, "<built-in default>")
+    }
+
+    /// Every secret name the config references, for the secret source to subscribe to.
+    pub fn referenced_secrets(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .policy
+            .rules()
+            .iter()
+            .filter_map(|r| r.credential.as_ref())
+            .map(|c| c.secret_name().to_owned())
+            .collect();
+        if let CaSource::Sds { secret } = &self.ca.source {
+            names.insert(secret.clone());
+        }
+        names.extend(self.upstream.extra_roots_sds.iter().cloned());
+        names
+    }
+
+    /// Resolves a normalized name through `network.hosts`.
+    pub fn static_host(&self, host: &Host) -> Option<&[IpAddr]> {
+        host.as_name()
+            .and_then(|n| self.network.hosts.get(n))
+            .map(Vec::as_slice)
+    }
+}
+
+/// Serialize durations the way they are written in the file.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// Builds the typed policy rules, used by [`Config::from_raw`].
+fn rules_from(
+    destinations: Vec<raw::RawDestination>,
+) -> Result<(Vec<Rule>, Vec<DestinationView>), (String, String)> {
+    let mut rules = Vec::with_capacity(destinations.len());
+    let mut views = Vec::with_capacity(destinations.len());
+    let mut seen_ids = BTreeMap::new();
+    for (i, d) in destinations.into_iter().enumerate() {
+        let key = format!("destinations[{i}]");
+        let id = d.id.clone().unwrap_or_else(|| key.clone());
+        if let Some(prev) = seen_ids.insert(id.clone(), i) {
+            return Err((
+                format!("{key}.id"),
+                format!("`{id}` is already the id of destinations[{prev}]"),
+            ));
+        }
+        if let Some(ports) = &d.ports {
+            if ports.is_empty() || ports.contains(&0) {
+                return Err((
+                    format!("{key}.ports"),
+                    "must list at least one port, each 1-65535".into(),
+                ));
+            }
+        }
+        let credential = d
+            .credential
+            .map(|c| credential_from(c).map_err(|(k, m)| (format!("{key}.credential{k}"), m)))
+            .transpose()?;
+        let rung = match (d.rung, &credential) {
+            (Some(r), _) => r,
+            (None, Some(_)) => Rung::Bump,
+            (None, None) => Rung::Passthrough,
+        };
+        if credential.is_some() && rung != Rung::Bump {
+            return Err((
+                format!("{key}.rung"),
+                format!(
+                    "a destination with a credential must be bumped (rung: bump), not `{rung}`: a credential cannot be injected into a tunnel the proxy cannot read"
+                ),
+            ));
+        }
+        if d.require_handle && credential.is_none() {
+            return Err((
+                format!("{key}.require_handle"),
+                "require_handle needs a credential on the same destination".into(),
+            ));
+        }
+        views.push(DestinationView {
+            id: id.clone(),
+            host: d.host.0.to_string(),
+            ports: d.ports.clone(),
+            rung,
+            credential: credential.clone(),
+            require_handle: d.require_handle,
+        });
+        rules.push(Rule {
+            id: id.into(),
+            pattern: d.host.0,
+            ports: d.ports,
+            rung,
+            credential,
+            require_handle: d.require_handle,
+        });
+    }
+    Ok((rules, views))
+}
+
+fn header_name(s: &str) -> Result<HeaderName, (String, String)> {
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| {
+        (
+            ".header".into(),
+            format!("`{s}` is not a valid header name"),
+        )
+    })
+}
+
+fn credential_from(c: raw::RawCredential) -> Result<Credential, (String, String)> {
+    let kinds = [
+        c.secret.is_some(),
+        c.oauth2.is_some(),
+        c.client_cert.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err((
+            String::new(),
+            "set exactly one of `secret` (header credential), `oauth2` or `client_cert`".into(),
+        ));
+    }
+    if let Some(secret) = c.secret {
+        let header = header_name(c.header.as_deref().unwrap_or("authorization"))?;
+        let format = match (c.format, c.basic) {
+            (Some(_), Some(true)) => {
+                return Err((
+                    ".basic".into(),
+                    "set either `format` or `basic: true`, not both".into(),
+                ));
+            }
+            (Some(f), _) => f,
+            (None, Some(true)) => "Basic {secret_base64}".to_owned(),
+            (None, _) => "Bearer {secret}".to_owned(),
+        };
+        let placeholders =
+            format.matches("{secret}").count() + format.matches("{secret_base64}").count();
+        if placeholders != 1 {
+            return Err((
+                ".format".into(),
+                format!("`{format}` must contain `{{secret}}` or `{{secret_base64}}` exactly once"),
+            ));
+        }
+        return Ok(Credential::Header {
+            secret,
+            header,
+            format,
+        });
+    }
+    if c.header.is_some() || c.format.is_some() || c.basic.is_some() {
+        return Err((
+            String::new(),
+            "`header`, `format` and `basic` belong to a `secret` credential".into(),
+        ));
+    }
+    if let Some(o) = c.oauth2 {
+        if !o.token_url.starts_with("https://") && !o.token_url.starts_with("http://") {
+            return Err((
+                ".oauth2.token_url".into(),
+                format!("`{}` is not an http(s) URL", o.token_url),
+            ));
+        }
+        let header = header_name(o.header.as_deref().unwrap_or("authorization"))
+            .map_err(|(_, m)| (".oauth2.header".to_owned(), m))?;
+        return Ok(Credential::Oauth2 {
+            token_url: o.token_url,
+            client: o.client,
+            scopes: o.scopes,
+            header,
+        });
+    }
+    match c.client_cert {
+        Some(secret) => Ok(Credential::ClientCert { secret }),
+        None => Err((String::new(), "empty credential".into())),
+    }
+}

@@ -1,0 +1,292 @@
+//! The config file as written: serde structs with `deny_unknown_fields`.
+//!
+//! Leaf values that have a shape (durations, CIDRs, host patterns, listen addresses) are parsed
+//! during deserialization so the YAML parser can point at the line. Cross-field rules (both or
+//! neither, references between sections) are checked in `typed.rs`, not here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::netguard;
+use crate::policy::{HostPattern, Rung};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub log: RawLog,
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub ca: RawCa,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub network: RawNetwork,
+    pub secrets: Option<RawSecrets>,
+    #[serde(default)]
+    pub destinations: Vec<RawDestination>,
+    pub default_rung: Option<Rung>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub listen: Option<SocketAddr>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub header_read_timeout: Option<Dur>,
+    pub connect_timeout: Option<Dur>,
+    pub handshake_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
+    pub shutdown_grace: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<ListenAddr>,
+    pub token_file: Option<PathBuf>,
+    pub tls: Option<RawTlsFiles>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    /// Trust roots for a TLS client (SDS): `ca`.
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<LogFormat>,
+    pub level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCa {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub sds: Option<String>,
+    pub leaf_ttl: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub extra_roots: Vec<PathBuf>,
+    /// SDS `validation_context` secret names trusted as extra roots.
+    #[serde(default)]
+    pub extra_roots_sds: Vec<String>,
+    pub response_header_timeout: Option<Dur>,
+    pub pool_idle_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub deny: Option<Vec<DenyEntry>>,
+    #[serde(default)]
+    pub allow: Vec<NetEntry>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, OneOrMany<IpAddr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    pub file: Option<PathBuf>,
+    pub sds: Option<RawSds>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSds {
+    pub target: String,
+    pub tls: Option<RawTlsFiles>,
+    pub node_id: Option<String>,
+    pub cluster: Option<String>,
+    pub initial_fetch_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub id: Option<String>,
+    pub host: HostPatternDe,
+    pub ports: Option<Vec<u16>>,
+    pub rung: Option<Rung>,
+    pub credential: Option<RawCredential>,
+    #[serde(default)]
+    pub require_handle: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub secret: Option<String>,
+    pub header: Option<String>,
+    pub format: Option<String>,
+    /// For `basic`: the generic secret's key holding the user (default `username`).
+    pub basic: Option<bool>,
+    pub oauth2: Option<RawOauth2>,
+    pub client_cert: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOauth2 {
+    pub token_url: String,
+    pub client: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub header: Option<String>,
+}
+
+/// A duration written as `10s`, `15m`, `24h`, `1h30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            de::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. 10s, 15m, 24h"
+            ))
+        })
+    }
+}
+
+/// A host pattern parsed at load time.
+#[derive(Clone, Debug)]
+pub struct HostPatternDe(pub HostPattern);
+
+impl<'de> Deserialize<'de> for HostPatternDe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostPattern::parse(&s).map(HostPatternDe).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid host pattern: {e}; allowed: a DNS name, `*.suffix`, or an IP address"
+            ))
+        })
+    }
+}
+
+/// A CIDR or bare address.
+#[derive(Clone, Copy, Debug)]
+pub struct NetEntry(pub IpNet);
+
+impl<'de> Deserialize<'de> for NetEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        netguard::parse_net(&s)
+            .map(NetEntry)
+            .ok_or_else(|| de::Error::custom(format!("`{s}` is not a CIDR or IP address")))
+    }
+}
+
+/// `default` (the built-in group) or a CIDR.
+#[derive(Clone, Copy, Debug)]
+pub enum DenyEntry {
+    Default,
+    Net(IpNet),
+}
+
+impl<'de> Deserialize<'de> for DenyEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "default" {
+            return Ok(DenyEntry::Default);
+        }
+        netguard::parse_net(&s).map(DenyEntry::Net).ok_or_else(|| {
+            de::Error::custom(format!("`{s}` is not `default`, a CIDR or an IP address"))
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Where a listener binds: `host:port` or `unix:///path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "`{s}`: a unix listener needs an absolute path, as in unix:///run/egress-edge/admin.sock"
+                ));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("`{s}` is not `ip:port` or `unix:///path`"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(l: ListenAddr) -> String {
+        l.to_string()
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ListenAddr::parse(&s).map_err(de::Error::custom)
+    }
+}

@@ -1,0 +1,125 @@
+//! Byte splicing between the guest and an upstream, with idle timeout and byte counts.
+//!
+//! Used by the pass-through rung (after the SNI check) and by upgraded bumped requests
+//! (WebSocket). Each direction half-closes independently; the tunnel ends when both are done,
+//! when nothing moved for the idle timeout, at hard shutdown, or when the kill switch fires.
+//! This module does not look at the bytes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const BUF: usize = 64 * 1024;
+
+/// Why a tunnel ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished.
+    Closed,
+    IdleTimeout,
+    Shutdown,
+    KillSwitch,
+    /// An I/O error on either side (reset, broken pipe).
+    Error,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "ok",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+            End::KillSwitch => "kill_switch",
+            End::Error => "io_error",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Spliced {
+    /// Guest to upstream.
+    pub up: u64,
+    /// Upstream to guest.
+    pub down: u64,
+    pub end: End,
+}
+
+/// Stop signals a tunnel obeys.
+#[derive(Clone, Debug)]
+pub struct Stops {
+    pub idle: Duration,
+    pub shutdown: CancellationToken,
+    pub kill: CancellationToken,
+}
+
+pub async fn splice<G, U>(guest: G, upstream: U, stops: &Stops) -> Spliced
+where
+    G: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let (mut gr, mut gw) = tokio::io::split(guest);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let both = async {
+        let a = pump(&mut gr, &mut uw, &up, &last, start);
+        let b = pump(&mut ur, &mut gw, &down, &last, start);
+        match tokio::try_join!(a, b) {
+            Ok(_) => End::Closed,
+            Err(_) => End::Error,
+        }
+    };
+    let end = tokio::select! {
+        end = both => end,
+        () = idle_watch(&last, stops.idle, start) => End::IdleTimeout,
+        () = stops.shutdown.cancelled() => End::Shutdown,
+        () = stops.kill.cancelled() => End::KillSwitch,
+    };
+    Spliced {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            // Half-close: the other direction may still be streaming (a download after the
+            // request body ended).
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+async fn idle_watch(last: &AtomicU64, idle: Duration, start: Instant) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let since =
+            (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
