@@ -93,12 +93,14 @@ impl AdminAuth {
                 (Some(TlsAcceptor::from(Arc::new(sc))), t.client_ca.is_some())
             }
         };
-        if let ListenAddr::Tcp(addr) = &cfg.listen {
-            if !addr.ip().is_loopback() && token.is_none() && !mtls {
-                return Err(AdminError::Listen(format!(
-                    "{addr} is not loopback: set admin.token_file or admin.tls.client_ca before exposing the admin API"
-                )));
-            }
+        if let ListenAddr::Tcp(addr) = &cfg.listen
+            && !addr.ip().is_loopback()
+            && token.is_none()
+            && !mtls
+        {
+            return Err(AdminError::Listen(format!(
+                "{addr} is not loopback: set admin.token_file or admin.tls.client_ca before exposing the admin API"
+            )));
         }
         Ok(AdminAuth { token, tls, mtls })
     }

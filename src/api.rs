@@ -39,6 +39,7 @@ pub struct Api {
     ca: Option<Arc<DeploymentCa>>,
     bumper: Option<Arc<Bumper>>,
     secrets: Option<SecretStore>,
+    handles: Arc<egress_handle::HandleAuthority>,
     initial_fetch_timeout: Duration,
     sampled: Sampled,
 }
@@ -69,16 +70,18 @@ impl Api {
         ca: Option<Arc<DeploymentCa>>,
         bumper: Option<Arc<Bumper>>,
         secrets: Option<SecretStore>,
+        handles: Arc<egress_handle::HandleAuthority>,
         config: &Config,
     ) -> Result<Api, String> {
-        let initial_fetch_timeout = match &config.secrets {
-            Some(SecretsConfig::Sds(s)) => s.initial_fetch_timeout,
-            _ => Duration::from_secs(10),
-        };
+        let initial_fetch_timeout = config.secrets.as_ref().map_or(
+            Duration::from_secs(10),
+            SecretsConfig::initial_fetch_timeout,
+        );
         Ok(Api {
             ca,
             bumper,
             secrets,
+            handles,
             initial_fetch_timeout,
             sampled: Sampled::default(),
         })
@@ -199,20 +202,47 @@ impl Api {
         }
     }
 
-    pub async fn mint_handle(&self, _req: Request<Incoming>) -> Response<Body> {
-        error(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "handle minting is not available in this build",
-        )
+    pub async fn mint_handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let body: egress_handle::MintRequest = match crate::admin::read_json(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match self.handles.mint(&body) {
+            Ok(minted) => {
+                tracing::info!(
+                    target: crate::inject::AUDIT_TARGET,
+                    handle_id = %minted.id,
+                    session = body.session.as_deref().unwrap_or(""),
+                    credentials = ?body.credentials,
+                    "handle minted"
+                );
+                match serde_json::to_value(&minted) {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(e) => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        &e.to_string(),
+                    ),
+                }
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        }
     }
 
-    pub async fn revoke_handle(&self, _req: Request<Incoming>) -> Response<Body> {
-        error(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "handle revocation is not available in this build",
-        )
+    pub async fn revoke_handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let target: egress_handle::RevokeTarget = match crate::admin::read_json(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match self.handles.revoke(&target) {
+            Ok(()) => {
+                tracing::info!(target: crate::inject::AUDIT_TARGET, revoked = ?target, "handle revoked");
+                let mut r = Response::new(crate::refusal::full(""));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        }
     }
 }
 

@@ -183,7 +183,7 @@ pub fn check_files(config: &Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     AdminAuth::load(&config.admin).map_err(|e| e.to_string())?;
-    if let Some(SecretsConfig::File(path)) = &config.secrets {
+    if let Some(SecretsConfig::File { path, .. }) = &config.secrets {
         egress_sds::file::load_secrets_file(path).map_err(|e| format!("secrets.file: {e}"))?;
     }
     Ok(())
@@ -215,10 +215,10 @@ async fn load_ca_inner(
                     msg: "needs a secrets source".into(),
                 });
             };
-            let timeout = match &config.secrets {
-                Some(SecretsConfig::Sds(s)) => s.initial_fetch_timeout,
-                _ => Duration::from_secs(10),
-            };
+            let timeout = config.secrets.as_ref().map_or(
+                Duration::from_secs(10),
+                SecretsConfig::initial_fetch_timeout,
+            );
             let v = store
                 .wait(secret, timeout)
                 .await
@@ -294,7 +294,7 @@ async fn start_secrets(config: &Config) -> Result<Option<SecretStore>, AppError>
     let names = config.referenced_secrets();
     let store = SecretStore::new(names.iter().cloned());
     match source {
-        SecretsConfig::File(path) => {
+        SecretsConfig::File { path, .. } => {
             egress_sds::file_source::spawn_file_source(
                 path.clone(),
                 store.clone(),
@@ -355,9 +355,32 @@ impl App {
         );
         let extra_pems = crate::api::sds_roots(&config, secrets.as_ref());
         let snapshot = Snapshot::new(config.clone(), dialer, &extra_pems)?;
-        let shared = Arc::new(Shared::new(snapshot, metrics));
         let auth = AdminAuth::load(&config.admin)?;
-        let api = Api::new(ca, bumper.clone(), secrets, &config).map_err(AppError::Handles)?;
+        let handles = {
+            let dir = config.state_dir.clone();
+            let ttl = config.handle_max_ttl;
+            Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    egress_handle::HandleAuthority::open(&dir, ttl)
+                })
+                .await
+                .map_err(|e| AppError::Handles(e.to_string()))?
+                .map_err(|e| AppError::Handles(e.to_string()))?,
+            )
+        };
+        let fetch_timeout = config.secrets.as_ref().map_or(
+            Duration::from_secs(10),
+            SecretsConfig::initial_fetch_timeout,
+        );
+        let injector = Arc::new(crate::inject::Injector::new(
+            handles.clone(),
+            secrets.clone(),
+            fetch_timeout,
+        ));
+        let shared = Arc::new(Shared::new(snapshot, metrics, Some(injector)));
+        spawn_revocation_reload(&shared, handles.clone());
+        let api =
+            Api::new(ca, bumper.clone(), secrets, handles, &config).map_err(AppError::Handles)?;
         api.register_metrics(&shared.metrics);
         let admin_ctx = Arc::new(AdminCtx {
             shared: shared.clone(),
@@ -407,7 +430,7 @@ impl App {
             .admin
             .map(|l| tokio::spawn(admin_loop(l, self.admin_ctx.clone())));
         self.admin_ctx.ready.store(true, Ordering::SeqCst);
-        tracing::info!(proxy = %self.proxy_addr, admin = ?self.admin_addr, "egress-edge serving");
+        tracing::info!(proxy = %self.proxy_addr, admin = %self.admin_addr.map_or_else(|| "unix socket".to_owned(), |a| a.to_string()), "egress-edge serving");
         shutdown.await;
         tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining");
         self.admin_ctx.ready.store(false, Ordering::SeqCst);
@@ -427,6 +450,24 @@ impl App {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Revocations made by another process (CLI with --state-dir, another replica) take effect
+/// within a second.
+fn spawn_revocation_reload(shared: &Arc<Shared>, handles: Arc<egress_handle::HandleAuthority>) {
+    let stop = shared.draining.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(e) = handles.reload_revocations_if_changed() {
+                tracing::warn!(error = %e, "cannot reload the revocation list; keeping the revocations already loaded");
+            }
+        }
+    });
 }
 
 async fn admin_loop(l: AdminListener, ctx: Arc<AdminCtx>) {

@@ -1,6 +1,17 @@
 //! `egress-edge handle mint|revoke`, through the admin API or directly on a state dir.
+//!
+//! With `--state-dir` the CLI signs with the deployment key itself (a running proxy on the same
+//! state dir sees revocations within a second). With `--admin` it calls the admin API, sending
+//! the token from `--token-file` or `EGRESS_EDGE_ADMIN_TOKEN` when set.
 
-use crate::cli::HandleCommand;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::cli::{AdminTarget, HandleCommand};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -10,8 +21,165 @@ pub enum CliError {
     Runtime(String),
 }
 
-pub async fn run(_cmd: HandleCommand) -> Result<(), CliError> {
-    Err(CliError::Runtime(
-        "handles are not available in this build".into(),
-    ))
+pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
+    match cmd {
+        HandleCommand::Mint {
+            credentials,
+            ttl,
+            session,
+            host,
+            methods,
+            path_prefixes,
+            target,
+        } => {
+            let ttl_d = humantime::parse_duration(&ttl)
+                .map_err(|e| CliError::Usage(format!("--ttl {ttl}: {e}")))?;
+            let req = egress_handle::MintRequest {
+                credentials,
+                ttl: ttl_d,
+                session,
+                host,
+                methods: (!methods.is_empty()).then_some(methods),
+                path_prefixes: (!path_prefixes.is_empty()).then_some(path_prefixes),
+            };
+            let handle = match target_of(&target)? {
+                Target::State(dir) => {
+                    let auth = open(&dir)?;
+                    auth.mint(&req)
+                        .map_err(|e| CliError::Usage(e.to_string()))?
+                        .handle
+                }
+                Target::Admin(url) => {
+                    let body = serde_json::json!({
+                        "credentials": req.credentials, "ttl": ttl, "session": req.session, "host": req.host,
+                        "methods": req.methods, "path_prefixes": req.path_prefixes,
+                    });
+                    let v = admin_post(&url, "/v1/handles", body).await?;
+                    v["handle"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| CliError::Runtime(format!("unexpected answer: {v}")))?
+                }
+            };
+            println!("{handle}");
+            Ok(())
+        }
+        HandleCommand::Revoke {
+            id,
+            session,
+            target,
+        } => {
+            let what = match (&id, &session) {
+                (Some(i), None) => egress_handle::RevokeTarget::Id(i.clone()),
+                (None, Some(s)) => egress_handle::RevokeTarget::Session(s.clone()),
+                _ => {
+                    return Err(CliError::Usage(
+                        "give exactly one of --id or --session".into(),
+                    ));
+                }
+            };
+            match target_of(&target)? {
+                Target::State(dir) => open(&dir)?
+                    .revoke(&what)
+                    .map_err(|e| CliError::Usage(e.to_string())),
+                Target::Admin(url) => {
+                    let body = match what {
+                        egress_handle::RevokeTarget::Id(i) => serde_json::json!({ "id": i }),
+                        egress_handle::RevokeTarget::Session(s) => {
+                            serde_json::json!({ "session": s })
+                        }
+                    };
+                    admin_post(&url, "/v1/handles/revoke", body)
+                        .await
+                        .map(|_| ())
+                }
+            }
+        }
+    }
+}
+
+enum Target {
+    State(std::path::PathBuf),
+    Admin(String),
+}
+
+fn target_of(t: &AdminTarget) -> Result<Target, CliError> {
+    match (&t.admin, &t.state_dir) {
+        (Some(a), None) => Ok(Target::Admin(a.clone())),
+        (None, Some(d)) => Ok(Target::State(d.clone())),
+        _ => Err(CliError::Usage(
+            "give exactly one of --admin or --state-dir".into(),
+        )),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Result<egress_handle::HandleAuthority, CliError> {
+    egress_handle::HandleAuthority::open(dir, egress_handle::DEFAULT_MAX_TTL)
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+async fn admin_post(
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, CliError> {
+    let token = std::env::var("EGRESS_EDGE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut req = Request::post(path)
+        .header(header::HOST, "egress-edge-admin")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let send = async {
+        let resp = if let Some(p) = base.strip_prefix("unix://") {
+            let s = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| format!("{base}: {e}"))?;
+            send_on(s, req).await?
+        } else {
+            let authority = base.trim_start_matches("http://").trim_end_matches('/');
+            let s = tokio::net::TcpStream::connect(authority)
+                .await
+                .map_err(|e| format!("{base}: {e}"))?;
+            send_on(s, req).await?
+        };
+        Ok::<_, String>(resp)
+    };
+    let (status, text) = tokio::time::timeout(Duration::from_secs(30), send)
+        .await
+        .map_err(|_| CliError::Runtime(format!("{base}: timed out")))?
+        .map_err(CliError::Runtime)?;
+    if !status.is_success() {
+        return Err(CliError::Runtime(format!(
+            "admin API answered {status}: {text}"
+        )));
+    }
+    if text.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| CliError::Runtime(format!("admin API answer: {e}")))
+}
+
+async fn send_on<S>(io: S, req: Request<Full<Bytes>>) -> Result<(http::StatusCode, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -1,16 +1,129 @@
-//! Credential injection for bumped requests.
+//! Credential injection: a scoped handle in, the real credential out — only on the way to the
+//! destination the credential belongs to.
 //!
-//! Placeholder until the handle issue lands: a request to a destination with a credential
-//! binding is refused `credential_unavailable` (fail closed), never forwarded without it.
+//! For a bumped request this stage (1) finds every handle the request carries, in any header or
+//! in the URI; (2) refuses handles sent to a destination without that credential (exfiltration
+//! attempt, audited); (3) for the destination's credential, verifies the handle (signature,
+//! expiry, revocation) and its scope (credential, host, method, path), waits for the secret
+//! up to `initial_fetch_timeout`, and replaces the binding header with the credential. The CONNECT
+//! host, the SNI and the request host were already checked to fall under one rule (`bump`), and
+//! the dialer vets the address it connects to, so injection only happens when all agree.
+//! One audit event per redemption attempt; never the secret, never the whole handle.
 
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use egress_handle::{HandleAuthority, HandleError};
+use egress_sds::{Secret, SecretStore};
+use http::HeaderValue;
 use http::request::Parts;
 
 use crate::access_log::AccessEvent;
 use crate::bump::Session;
+use crate::config::Credential;
 use crate::host::Host;
+use crate::oauth::OauthTokens;
 use crate::policy::Rule;
 use crate::refusal::{Kind, Refusal};
 use crate::state::HttpClient;
+
+pub const AUDIT_TARGET: &str = "egress_edge::audit";
+
+/// What injection needs, built once at startup.
+#[derive(Debug)]
+pub struct Injector {
+    pub handles: Arc<HandleAuthority>,
+    pub secrets: Option<SecretStore>,
+    pub initial_fetch_timeout: Duration,
+    pub oauth: OauthTokens,
+    mtls: moka::sync::Cache<(String, String), HttpClient>,
+}
+
+impl Injector {
+    pub fn new(
+        handles: Arc<HandleAuthority>,
+        secrets: Option<SecretStore>,
+        initial_fetch_timeout: Duration,
+    ) -> Injector {
+        Injector {
+            handles,
+            secrets,
+            initial_fetch_timeout,
+            oauth: OauthTokens::new(),
+            mtls: moka::sync::Cache::new(256),
+        }
+    }
+}
+
+/// Every handle in the request's headers and URI, with where it was found.
+fn handles_in(parts: &Parts) -> Vec<(Option<http::HeaderName>, String)> {
+    let mut found = Vec::new();
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            for h in egress_handle::find_handles(v) {
+                found.push((Some(name.clone()), h.into_owned()));
+            }
+        }
+    }
+    for h in egress_handle::find_handles(&parts.uri.to_string()) {
+        found.push((None, h.into_owned()));
+    }
+    found
+}
+
+/// Refuses any request that carries a handle on a path where no credential can apply
+/// (absolute-form plain HTTP): a handle never reaches an upstream.
+pub fn refuse_stray_handles(
+    parts: &Parts,
+    host: &str,
+    port: u16,
+    rule: &str,
+) -> Result<(), Refusal> {
+    let found = handles_in(parts);
+    if let Some((_, h)) = found.first() {
+        audit(
+            None,
+            None,
+            "",
+            host,
+            "exfiltration_attempt",
+            &egress_handle::redact(h),
+        );
+        return Err(Refusal::new(Kind::HandleOutOfScope, host, port, rule)
+            .with_cause("a credential handle was sent to a destination that holds no credential"));
+    }
+    Ok(())
+}
+
+fn audit(
+    id: Option<&str>,
+    session: Option<&str>,
+    credential: &str,
+    destination: &str,
+    outcome: &str,
+    handle: &str,
+) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        handle_id = id.unwrap_or(""),
+        session = session.unwrap_or(""),
+        credential,
+        destination,
+        outcome,
+        handle = handle,
+        "handle redemption"
+    );
+}
+
+fn handle_kind(e: &HandleError) -> Kind {
+    match e.code() {
+        "handle_expired" => Kind::HandleExpired,
+        "handle_revoked" => Kind::HandleRevoked,
+        "handle_out_of_scope" => Kind::HandleOutOfScope,
+        _ => Kind::HandleInvalid,
+    }
+}
 
 /// Applies the destination's credential, if any; returns a client to use instead of the
 /// default one (mTLS credentials).
@@ -18,20 +131,241 @@ pub async fn apply(
     s: &Session,
     rule: Option<&Rule>,
     host: &Host,
-    _parts: &mut Parts,
-    _ev: &mut AccessEvent,
+    parts: &mut Parts,
+    ev: &mut AccessEvent,
 ) -> Result<Option<HttpClient>, Refusal> {
-    match rule.and_then(|r| r.credential.as_ref()) {
-        None => Ok(None),
-        Some(c) => Err(Refusal::new(
+    let shared = &s.ctx.shared;
+    let dest = host.to_string();
+    let refusal = |kind: Kind, cause: &str| {
+        Refusal::new(kind, dest.clone(), s.port, &*s.decision.rule_id).with_cause(cause)
+    };
+    let found = handles_in(parts);
+    let credential = rule.and_then(|r| r.credential.as_ref());
+    let Some(credential) = credential else {
+        if let Some((_, h)) = found.first() {
+            audit(
+                None,
+                None,
+                "",
+                &dest,
+                "exfiltration_attempt",
+                &egress_handle::redact(h),
+            );
+            shared.metrics.handle("exfiltration_attempt");
+            return Err(refusal(
+                Kind::HandleOutOfScope,
+                "a credential handle was sent to a destination that holds no credential",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(injector) = shared.injector.as_ref() else {
+        return Err(refusal(
             Kind::CredentialUnavailable,
-            host.to_string(),
-            s.port,
-            &*s.decision.rule_id,
-        )
-        .with_cause(format!(
-            "credential `{}` cannot be injected yet",
-            c.secret_name()
-        ))),
+            "credential injection is not configured",
+        ));
+    };
+    let secret_name = credential.secret_name();
+    let binding = credential.header();
+    // A handle outside the binding header (or in the URI) is never redeemed: it would be
+    // forwarded as-is otherwise.
+    let (in_binding, stray): (Vec<_>, Vec<_>) =
+        found.into_iter().partition(|(where_, _)| match binding {
+            Some(b) => where_.as_ref() == Some(b),
+            None => where_.is_some(),
+        });
+    if let Some((_, h)) = stray.first() {
+        audit(
+            None,
+            None,
+            secret_name,
+            &dest,
+            "exfiltration_attempt",
+            &egress_handle::redact(h),
+        );
+        shared.metrics.handle("exfiltration_attempt");
+        return Err(refusal(
+            Kind::HandleOutOfScope,
+            "a handle was sent outside the credential's header",
+        ));
+    }
+    let token = match in_binding.as_slice() {
+        [] => {
+            let required = rule.is_some_and(|r| r.require_handle);
+            if required {
+                shared.metrics.handle("handle_required");
+                return Err(refusal(Kind::HandleRequired, "no handle in the request"));
+            }
+            return Ok(None);
+        }
+        [(_, t)] => t.clone(),
+        _ => {
+            return Err(refusal(
+                Kind::HandleInvalid,
+                "more than one handle in the request",
+            ));
+        }
+    };
+    let redacted = egress_handle::redact(&token);
+    let claims = match injector.handles.verify(&token, SystemTime::now()) {
+        Ok(c) => c,
+        Err(e) => {
+            audit(None, None, secret_name, &dest, e.code(), &redacted);
+            shared.metrics.handle(e.code());
+            return Err(refusal(handle_kind(&e), &format!("{e}; handle {redacted}")));
+        }
+    };
+    let id = claims.id();
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let host_only = host
+        .as_name()
+        .map(str::to_owned)
+        .unwrap_or_else(|| dest.clone());
+    if let Err(e) = claims.authorize(secret_name, &host_only, &method, &path) {
+        audit(
+            Some(&id),
+            claims.session(),
+            secret_name,
+            &dest,
+            e.code(),
+            &redacted,
+        );
+        shared.metrics.handle(e.code());
+        return Err(refusal(handle_kind(&e), &format!("{e}; handle id {id}")));
+    }
+    let outcome = inject(injector, s, credential, parts).await;
+    let label = if outcome.is_ok() {
+        "redeemed"
+    } else {
+        "credential_unavailable"
+    };
+    audit(
+        Some(&id),
+        claims.session(),
+        secret_name,
+        &dest,
+        label,
+        &redacted,
+    );
+    shared.metrics.handle(label);
+    ev.error = None;
+    outcome.map_err(|cause| refusal(Kind::CredentialUnavailable, &cause))
+}
+
+/// Puts the credential on the request (or selects the mTLS client). Errors are causes for
+/// `credential_unavailable`; they never contain secret material.
+async fn inject(
+    injector: &Injector,
+    s: &Session,
+    credential: &Credential,
+    parts: &mut Parts,
+) -> Result<Option<HttpClient>, String> {
+    let Some(store) = &injector.secrets else {
+        return Err("no secret source is configured".into());
+    };
+    let name = credential.secret_name();
+    let versioned = store
+        .wait(name, injector.initial_fetch_timeout)
+        .await
+        .map_err(|_| format!("secret `{name}` has not been delivered by the secret source"))?;
+    match credential {
+        Credential::Header { header, format, .. } => {
+            let Secret::Generic {
+                value: Some(value), ..
+            } = &*versioned.secret
+            else {
+                return Err(format!(
+                    "secret `{name}` is not a single-value generic secret"
+                ));
+            };
+            let filled = fill(format, value.expose())?;
+            let mut hv = HeaderValue::from_bytes(filled.as_bytes())
+                .map_err(|_| format!("secret `{name}` is not a valid header value"))?;
+            hv.set_sensitive(true);
+            parts.headers.insert(header.clone(), hv);
+            Ok(None)
+        }
+        Credential::Oauth2 { header, .. } => {
+            let token = injector.oauth.token(s, credential, &versioned).await?;
+            let mut hv = HeaderValue::from_str(&format!(
+                "Bearer {}",
+                token.expose_str().unwrap_or_default()
+            ))
+            .map_err(|_| "the token endpoint returned an unusable token".to_owned())?;
+            hv.set_sensitive(true);
+            parts.headers.insert(header.clone(), hv);
+            Ok(None)
+        }
+        Credential::ClientCert { .. } => {
+            // The handle travelled in some header; it must not go upstream.
+            let names: Vec<_> = parts
+                .headers
+                .iter()
+                .filter(|(_, v)| v.to_str().is_ok_and(egress_handle::contains_handle))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for n in names {
+                parts.headers.remove(n);
+            }
+            let key = (name.to_owned(), versioned.version.clone());
+            if let Some(c) = injector.mtls.get(&key) {
+                return Ok(Some(c));
+            }
+            let Secret::TlsCertificate { chain_pem, key_pem } = &*versioned.secret else {
+                return Err(format!("secret `{name}` is not a tls_certificate"));
+            };
+            let client = mtls_client(s, chain_pem, key_pem.expose())
+                .map_err(|e| format!("secret `{name}`: {e}"))?;
+            injector.mtls.insert(key, client.clone());
+            Ok(Some(client))
+        }
+    }
+}
+
+fn fill(format: &str, secret: &[u8]) -> Result<String, String> {
+    if format.contains("{secret_base64}") {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        return Ok(format.replace("{secret_base64}", &b64));
+    }
+    let text =
+        std::str::from_utf8(secret).map_err(|_| "the secret is not UTF-8 text".to_owned())?;
+    Ok(format.replace("{secret}", text))
+}
+
+fn mtls_client(s: &Session, chain_pem: &str, key_pem: &[u8]) -> Result<HttpClient, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| "private key unreadable".to_owned())?;
+    let Some(roots) = s.snap.roots.clone() else {
+        return Err("no upstream trust roots".into());
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("client certificate: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(crate::state::tls_client(
+        &s.snap.config,
+        &s.snap.dialer,
+        cfg,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert_eq!(fill("Bearer {secret}", b"sk-1").unwrap(), "Bearer sk-1");
+        assert_eq!(fill("Basic {secret_base64}", b"u:p").unwrap(), "Basic dTpw");
+        assert!(fill("{secret}", &[0xff]).is_err());
     }
 }

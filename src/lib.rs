@@ -35,6 +35,7 @@ pub mod logging;
 pub mod metered;
 pub mod metrics;
 pub mod netguard;
+pub mod oauth;
 pub mod pem;
 pub mod policy;
 pub mod proxy;

@@ -107,6 +107,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::Config(e.to_string()))?;
             let tls = egress_sds::server::ServerTls::from_parts(tls_cert, tls_key, client_ca)
                 .map_err(|e| Failure::Config(e.to_string()))?;
+            // Anyone who can connect receives every secret: off loopback, require client auth.
+            if let egress_sds::server::Listen::Tcp(addr) = &listen {
+                let mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+                if !addr.ip().is_loopback() && !mtls {
+                    return Err(Failure::Config(format!(
+                        "--listen {addr} is not loopback: serving secrets there needs --tls-cert, --tls-key and --client-ca"
+                    )));
+                }
+            }
             let opts = egress_sds::server::ServeOptions {
                 listen,
                 secrets_file: secrets,

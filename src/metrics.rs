@@ -59,6 +59,7 @@ pub struct Metrics {
     pub request_latency: Hist,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub admin_auth_failures: Family<CodeLabel, Counter>,
+    pub handles: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,12 @@ impl Metrics {
         let request_latency: Hist = Family::new_with_constructor(latency_histogram);
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let admin_auth_failures = Family::<CodeLabel, Counter>::default();
+        let handles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "handle_redemptions",
+            "Handle redemption attempts by result (redeemed or a refusal code)",
+            handles.clone(),
+        );
         registry.register(
             "connections",
             "Guest connections (CONNECT tunnels and bump sessions) by rung and outcome",
@@ -135,6 +142,7 @@ impl Metrics {
             request_latency,
             config_reloads,
             admin_auth_failures,
+            handles,
         }
     }
 
@@ -142,6 +150,14 @@ impl Metrics {
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut reg)
+    }
+
+    pub fn handle(&self, result: &str) {
+        self.handles
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn refusal(&self, code: &str) {

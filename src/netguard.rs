@@ -75,10 +75,10 @@ impl AddressPolicy {
         if let Some(net) = self.deny.iter().find(|n| n.contains(&addr)) {
             return Err(Denied { addr, by: *net });
         }
-        if let Some(v4) = embedded {
-            if let Some(net) = self.deny.iter().find(|n| n.contains(&IpAddr::V4(v4))) {
-                return Err(Denied { addr, by: *net });
-            }
+        if let Some(v4) = embedded
+            && let Some(net) = self.deny.iter().find(|n| n.contains(&IpAddr::V4(v4)))
+        {
+            return Err(Denied { addr, by: *net });
         }
         Ok(())
     }

@@ -334,6 +334,11 @@ async fn plain(req: Request<Incoming>, ctx: Arc<ConnCtx>, start: Instant) -> Res
         Ok(v) => v,
         Err(r) => return refuse(shared, ev, &r, start),
     };
+    let (mut parts, body) = req.into_parts();
+    if let Err(r) = crate::inject::refuse_stray_handles(&parts, &ev.host, port, &decision.rule_id) {
+        shared.metrics.handle("exfiltration_attempt");
+        return refuse(shared, ev, &r, start);
+    }
     if decision.rung == Rung::Bump
         && snap
             .config
@@ -352,7 +357,6 @@ async fn plain(req: Request<Incoming>, ctx: Arc<ConnCtx>, start: Instant) -> Res
         .with_cause("credential destinations are reachable over https only");
         return refuse(shared, ev, &r, start);
     }
-    let (mut parts, body) = req.into_parts();
     hop::strip(&mut parts.headers, false);
     let authority_str = if port == 80 {
         host.to_string()

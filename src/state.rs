@@ -133,10 +133,15 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
     pub metrics: Metrics,
+    pub injector: Option<Arc<crate::inject::Injector>>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Metrics) -> Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Metrics,
+        injector: Option<Arc<crate::inject::Injector>>,
+    ) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(snapshot),
             kill: KillSwitch::default(),
@@ -144,6 +149,7 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics,
+            injector,
         }
     }
 

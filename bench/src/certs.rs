@@ -44,8 +44,12 @@ pub fn generate() -> Result<UpstreamPki> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate().context("upstream leaf key")?;
-    let mut leaf_params =
-        CertificateParams::new(UPSTREAM_NAMES.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+    let mut leaf_params = CertificateParams::new(
+        UPSTREAM_NAMES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<_>>(),
+    )?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "upstream.test");

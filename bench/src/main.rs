@@ -1,1 +1,642 @@
-fn main() {}
+//! egress-bench: egress-edge measured in-process on loopback against a local HTTPS upstream,
+//! each path shown next to the direct (no proxy) baseline measured in the same run.
+//!
+//! Only 127.0.0.1 is ever dialed. Numbers are printed, never asserted. See README.md.
+
+mod certs;
+mod client;
+mod phases;
+mod proxy;
+mod stats;
+mod upstream;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::client::{Proto, Route, Target};
+use crate::phases::Timing;
+use crate::stats::{PhaseResult, fmt_us, pct, per_sec};
+
+const USAGE: &str = "\
+egress-bench: egress-edge (tunnel and bump) vs direct, in-process on loopback
+
+usage: egress-bench [--quick] [--secs S] [--warmup-ms MS] [--conns N] [--new-conns N]
+                    [--mints N] [--only LIST]
+
+  --quick          1 s phases, 200 ms warm-up
+  --secs S         measured seconds per phase (default 4)        env EGRESS_BENCH_SECS
+  --warmup-ms MS   unmeasured warm-up per phase (default 500)    env EGRESS_BENCH_WARMUP_MS
+  --conns N        keep-alive connections (default 16)           env EGRESS_BENCH_CONNS
+  --new-conns N    new-connection workers (default 8)            env EGRESS_BENCH_NEW_CONNS
+  --mints N        cold leaf mints (default 2000)                env EGRESS_BENCH_MINTS
+  --only LIST      comma-separated subset of: keepalive,h2,newconn,latency,throughput,mint
+                                                                 env EGRESS_BENCH_ONLY
+";
+
+const PHASES: [&str; 6] = [
+    "keepalive",
+    "h2",
+    "newconn",
+    "latency",
+    "throughput",
+    "mint",
+];
+
+#[derive(Debug)]
+struct Args {
+    secs: f64,
+    warmup_ms: u64,
+    conns: usize,
+    new_conns: usize,
+    mints: usize,
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    fn wants(&self, phase: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|p| p == phase))
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            warmup: Duration::from_millis(self.warmup_ms),
+            secs: Duration::from_secs_f64(self.secs),
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T> {
+    v.trim()
+        .parse()
+        .map_err(|_| anyhow!("{what}: `{v}` is not a valid number"))
+}
+
+fn parse_only(v: &str) -> Result<Vec<String>> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for p in &list {
+        if !PHASES.contains(&p.as_str()) {
+            bail!("--only: unknown phase `{p}` (known: {})", PHASES.join(","));
+        }
+    }
+    Ok(list)
+}
+
+/// Defaults, then `--quick`, then environment, then explicit flags.
+fn parse_args() -> Result<Option<Args>> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let quick = argv.iter().any(|a| a == "--quick");
+    let mut a = Args {
+        secs: if quick { 1.0 } else { 4.0 },
+        warmup_ms: if quick { 200 } else { 500 },
+        conns: 16,
+        new_conns: 8,
+        mints: 2000,
+        only: None,
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if !quick {
+        if let Some(v) = env("EGRESS_BENCH_SECS") {
+            a.secs = parse_num("EGRESS_BENCH_SECS", &v)?;
+        }
+        if let Some(v) = env("EGRESS_BENCH_WARMUP_MS") {
+            a.warmup_ms = parse_num("EGRESS_BENCH_WARMUP_MS", &v)?;
+        }
+    }
+    if let Some(v) = env("EGRESS_BENCH_CONNS") {
+        a.conns = parse_num("EGRESS_BENCH_CONNS", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_NEW_CONNS") {
+        a.new_conns = parse_num("EGRESS_BENCH_NEW_CONNS", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_MINTS") {
+        a.mints = parse_num("EGRESS_BENCH_MINTS", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_ONLY") {
+        a.only = Some(parse_only(&v)?);
+    }
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| anyhow!("{flag} needs a value"))
+        };
+        match flag {
+            "--quick" => {}
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "--secs" => a.secs = parse_num("--secs", &value()?)?,
+            "--warmup-ms" => a.warmup_ms = parse_num("--warmup-ms", &value()?)?,
+            "--conns" => a.conns = parse_num("--conns", &value()?)?,
+            "--new-conns" => a.new_conns = parse_num("--new-conns", &value()?)?,
+            "--mints" => a.mints = parse_num("--mints", &value()?)?,
+            "--only" => a.only = Some(parse_only(&value()?)?),
+            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
+        }
+    }
+    if !(a.secs.is_finite() && a.secs > 0.0 && a.secs <= 3600.0) {
+        bail!("--secs must be in (0, 3600]");
+    }
+    if a.conns == 0 || a.new_conns == 0 {
+        bail!("--conns and --new-conns must be at least 1");
+    }
+    Ok(Some(a))
+}
+
+/// One printed line.
+#[derive(Debug)]
+struct Row {
+    label: String,
+    value: String,
+    p50: String,
+    p99: String,
+    note: String,
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    sections: Vec<(String, Vec<Row>)>,
+    failed: Vec<String>,
+    with_errors: Vec<String>,
+}
+
+impl Report {
+    fn section(&mut self, title: String) {
+        self.sections.push((title, Vec::new()));
+    }
+
+    fn push(&mut self, row: Row) {
+        eprintln!(
+            "bench:   {}: {} {} {} {}",
+            row.label, row.value, row.p50, row.p99, row.note
+        );
+        if let Some((_, rows)) = self.sections.last_mut() {
+            rows.push(row);
+        }
+    }
+
+    fn fail(&mut self, label: &str, e: &anyhow::Error) {
+        self.failed.push(format!("{label}: {e:#}"));
+        self.push(Row {
+            label: label.to_owned(),
+            value: "FAILED".to_owned(),
+            p50: String::new(),
+            p99: String::new(),
+            note: format!("{e:#}"),
+        });
+    }
+
+    fn print(&self) {
+        let all = self.sections.iter().flat_map(|(_, r)| r.iter());
+        let (mut wl, mut wv, mut w50, mut w99) = (0, 0, 0, 0);
+        for r in all {
+            wl = wl.max(r.label.chars().count());
+            wv = wv.max(r.value.chars().count());
+            w50 = w50.max(r.p50.chars().count());
+            w99 = w99.max(r.p99.chars().count());
+        }
+        for (title, rows) in &self.sections {
+            println!();
+            println!("{title}");
+            for r in rows {
+                let line = format!(
+                    "  {:<wl$}  {:>wv$}  {:>w50$}  {:>w99$}  {}",
+                    format!("{}:", r.label),
+                    r.value,
+                    r.p50,
+                    r.p99,
+                    r.note,
+                    wl = wl + 1
+                );
+                println!("{}", line.trim_end());
+            }
+        }
+    }
+}
+
+/// What a row is compared with.
+#[derive(Clone, Copy, Debug)]
+enum Base<'a> {
+    /// This row is the baseline.
+    Is,
+    /// The baseline's value (if it succeeded) and its name.
+    Vs(Option<f64>, &'a str),
+}
+
+impl<'a> Base<'a> {
+    /// The base for the rows after `target`'s row: itself if it is the direct one.
+    fn after(self, target: &Target, v: Option<f64>, name: &'a str) -> Base<'a> {
+        if target.route == Route::Direct {
+            Base::Vs(v, name)
+        } else {
+            self
+        }
+    }
+
+    fn for_target(self, target: &Target) -> Base<'a> {
+        if target.route == Route::Direct {
+            Base::Is
+        } else {
+            self
+        }
+    }
+}
+
+fn ratio(x: f64, base: Base<'_>) -> String {
+    match base {
+        Base::Is => "(baseline)".to_owned(),
+        Base::Vs(Some(b), name) if b > 0.0 => format!("({:.2}x {name})", x / b),
+        Base::Vs(_, name) => format!("(no {name} baseline)"),
+    }
+}
+
+fn p50_p99(sorted: &[u32]) -> (String, String) {
+    (
+        format!("p50 {:>8}", fmt_us(pct(sorted, 50.0))),
+        format!("p99 {:>8}", fmt_us(pct(sorted, 99.0))),
+    )
+}
+
+fn errors_note(label: &str, r: &PhaseResult, report: &mut Report) -> String {
+    if r.errors == 0 {
+        return String::new();
+    }
+    let first = r.first_err.clone().unwrap_or_default();
+    report
+        .with_errors
+        .push(format!("{label}: {} errors, first: {first}", r.errors));
+    format!(" [{} errors; first: {first}]", r.errors)
+}
+
+/// What a rate row shows.
+#[derive(Clone, Copy, Debug)]
+struct Metric {
+    unit: &'static str,
+    value: fn(&PhaseResult) -> f64,
+    with_latency: bool,
+}
+
+const REQS: Metric = Metric {
+    unit: "req/s",
+    value: PhaseResult::rate,
+    with_latency: true,
+};
+const CONNS: Metric = Metric {
+    unit: "conn/s",
+    value: PhaseResult::rate,
+    with_latency: true,
+};
+const MBS: Metric = Metric {
+    unit: "MB/s",
+    value: PhaseResult::mb_per_sec,
+    with_latency: false,
+};
+
+/// A throughput-like row (higher is better); returns the value for use as a baseline.
+fn rate_row(
+    report: &mut Report,
+    label: &str,
+    res: Result<PhaseResult>,
+    m: Metric,
+    base: Base<'_>,
+) -> Option<f64> {
+    let Metric {
+        unit,
+        value,
+        with_latency,
+    } = m;
+    match res {
+        Ok(r) if r.ok > 0 => {
+            let v = value(&r);
+            let errs = errors_note(label, &r, report);
+            let (p50, p99) = if with_latency {
+                p50_p99(&r.lat)
+            } else {
+                (String::new(), String::new())
+            };
+            let fmt_v = if v >= 100.0 {
+                format!("{v:.0} {unit}")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+            report.push(Row {
+                label: label.to_owned(),
+                value: fmt_v,
+                p50,
+                p99,
+                note: format!("{}{errs}", ratio(v, base)),
+            });
+            Some(v)
+        }
+        Ok(r) => {
+            let e = anyhow!(
+                "no successful operation ({} errors; first: {})",
+                r.errors,
+                r.first_err.unwrap_or_default()
+            );
+            report.fail(label, &e);
+            None
+        }
+        Err(e) => {
+            report.fail(label, &e);
+            None
+        }
+    }
+}
+
+/// A latency row (lower is better); the ratio is of p50s. Returns the p50 in µs.
+fn latency_row(
+    report: &mut Report,
+    label: &str,
+    res: Result<PhaseResult>,
+    base: Base<'_>,
+) -> Option<f64> {
+    match res {
+        Ok(r) if r.ok > 0 => {
+            let p50 = pct(&r.hs, 50.0);
+            let errs = errors_note(label, &r, report);
+            let v = p50.map(f64::from).unwrap_or_default();
+            let (p50s, p99s) = p50_p99(&r.hs);
+            report.push(Row {
+                label: label.to_owned(),
+                value: format!("{} samples", r.hs.len()),
+                p50: p50s,
+                p99: p99s,
+                note: format!("{}{errs}", ratio(v, base)),
+            });
+            Some(v)
+        }
+        Ok(r) => {
+            let e = anyhow!(
+                "no successful connect ({} errors; first: {})",
+                r.errors,
+                r.first_err.unwrap_or_default()
+            );
+            report.fail(label, &e);
+            None
+        }
+        Err(e) => {
+            report.fail(label, &e);
+            None
+        }
+    }
+}
+
+/// A private scratch directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let dir =
+            std::env::temp_dir().join(format!("egress-bench-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<bool> {
+    let Some(args) = parse_args()? else {
+        return Ok(true);
+    };
+    let t = args.timing();
+    let began = Instant::now();
+    let scratch = Scratch::new()?;
+
+    // Upstream PKI and server.
+    let pki = certs::generate()?;
+    let upstream_ca_path = scratch.0.join("upstream-ca.pem");
+    std::fs::write(&upstream_ca_path, &pki.ca_pem)?;
+    let upstream = upstream::start(&pki).await?;
+
+    // The proxy.
+    let state_dir = scratch.0.join("state");
+    std::fs::create_dir_all(&state_dir)?;
+    let proxy = proxy::Proxy::start(state_dir, &upstream_ca_path, upstream.port()).await?;
+    let bump_ca = CertificateDer::from_pem_slice(proxy.bump_ca_pem.as_bytes())
+        .map_err(|e| anyhow!("parsing the bump CA PEM: {e}"))?;
+
+    let upstream_roots = client::root_store(pki.ca_der.clone())?;
+    let bump_roots = client::root_store(bump_ca)?;
+    let direct = Target::new(
+        Route::Direct,
+        "upstream.test",
+        upstream,
+        None,
+        &upstream_roots,
+    )?;
+    let tunnel = Target::new(
+        Route::Tunnel,
+        "upstream.test",
+        upstream,
+        Some(proxy.addr),
+        &upstream_roots,
+    )?;
+    let bump = Target::new(
+        Route::Bump,
+        "bump.test",
+        upstream,
+        Some(proxy.addr),
+        &bump_roots,
+    )?;
+    let targets = [&direct, &tunnel, &bump];
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "egress-bench: {:.1} s phases (+{} ms warm-up), {} keep-alive conns, {} new-conn workers, {cpus} CPUs{}",
+        args.secs,
+        args.warmup_ms,
+        args.conns,
+        args.new_conns,
+        if cfg!(debug_assertions) {
+            " -- DEBUG BUILD, figures meaningless"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "upstream https://127.0.0.1:{} (h2 + http/1.1), egress-edge proxy {} (admin {}); all figures from this one run",
+        upstream.port(),
+        proxy.addr,
+        proxy
+            .admin
+            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+    );
+
+    // Smoke check every path once, so a broken path reports its error up front.
+    for target in targets {
+        let r = async {
+            let mut c = target.open(Proto::H1).await?;
+            let n = c.get("/small").await?;
+            if n != upstream::SMALL_LEN {
+                bail!("/small returned {n} bytes");
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            eprintln!("bench: smoke check {} failed: {e:#}", target.route.label());
+        }
+    }
+
+    let mut report = Report::default();
+
+    if args.wants("keepalive") {
+        report.section(format!(
+            "keep-alive GET /small, HTTP/1.1, {} connections, one request in flight each",
+            args.conns
+        ));
+        let mut base = Base::Vs(None, "direct");
+        for target in targets {
+            let label = format!("{} keep-alive", target.route.label());
+            eprintln!("bench: running {label}");
+            let res = phases::keep_alive(target, Proto::H1, args.conns, t).await;
+            let v = rate_row(&mut report, &label, res, REQS, base.for_target(target));
+            base = base.after(target, v, "direct");
+        }
+    }
+
+    if args.wants("h2") {
+        report.section(format!(
+            "keep-alive GET /small, HTTP/2, {} connections, one stream in flight each",
+            args.conns
+        ));
+        let mut base = Base::Vs(None, "direct h2");
+        for target in targets {
+            let label = format!("{} keep-alive h2", target.route.label());
+            eprintln!("bench: running {label}");
+            let res = phases::keep_alive(target, Proto::H2, args.conns, t).await;
+            let v = rate_row(&mut report, &label, res, REQS, base.for_target(target));
+            base = base.after(target, v, "direct h2");
+        }
+    }
+
+    if args.wants("newconn") {
+        report.section(format!(
+            "new connection per request, {} workers: TCP (+CONNECT) + full TLS handshake + GET /small \
+             (bump: warm leaf, so TLS handshakes/s)",
+            args.new_conns
+        ));
+        let mut base = Base::Vs(None, "direct");
+        for target in targets {
+            let label = format!("{} new-connection", target.route.label());
+            eprintln!("bench: running {label}");
+            let res = phases::new_conn(target, args.new_conns, t).await;
+            let v = rate_row(&mut report, &label, res, CONNS, base.for_target(target));
+            base = base.after(target, v, "direct");
+        }
+    }
+
+    if args.wants("latency") {
+        report.section(
+            "new-CONNECT latency, one client, sequential: TCP connect until TLS established end to end"
+                .to_owned(),
+        );
+        let mut base = Base::Vs(None, "direct p50");
+        for target in targets {
+            let label = format!("{} connect+TLS", target.route.label());
+            eprintln!("bench: running {label}");
+            let res = phases::connect_latency(target, t).await;
+            let v = latency_row(&mut report, &label, res, base.for_target(target));
+            base = base.after(target, v, "direct p50");
+        }
+    }
+
+    if args.wants("throughput") {
+        report.section(format!(
+            "throughput, one HTTP/1.1 stream, GET /large ({} MiB) back to back",
+            upstream::LARGE_LEN >> 20
+        ));
+        let mut base = Base::Vs(None, "direct");
+        for target in targets {
+            let label = format!("{} /large", target.route.label());
+            eprintln!("bench: running {label}");
+            let res = phases::throughput(target, t).await;
+            let v = rate_row(&mut report, &label, res, MBS, base.for_target(target));
+            base = base.after(target, v, "direct");
+        }
+    }
+
+    if args.wants("mint") && args.mints > 0 {
+        report.section(format!(
+            "cold leaf mint: egress_ca::mint_leaf on a fresh CA, {} distinct names, one thread",
+            args.mints
+        ));
+        let label = "cold leaf mint";
+        eprintln!("bench: running {label}");
+        match phases::mint(args.mints).await {
+            Ok((samples, total)) => report.push(Row {
+                label: label.to_owned(),
+                value: format!("{:.0} mints/s", per_sec(samples.len() as f64, total)),
+                p50: format!("p50 {}", fmt_us(pct(&samples, 50.0))),
+                p99: format!("p99 {}", fmt_us(pct(&samples, 99.0))),
+                note: "(no baseline: pure CPU)".to_owned(),
+            }),
+            Err(e) => report.fail(label, &e),
+        }
+    }
+
+    proxy.shutdown().await;
+    report.print();
+    println!();
+    println!(
+        "ratios are against the direct row of the same section, same run; total {:.0} s",
+        began.elapsed().as_secs_f64()
+    );
+    for f in &report.failed {
+        println!("FAILED {f}");
+    }
+    for e in &report.with_errors {
+        println!("ERRORS {e}");
+    }
+    if report.failed.is_empty() && report.with_errors.is_empty() {
+        println!("bench: done");
+        Ok(true)
+    } else {
+        println!(
+            "bench: FAILED ({} phases failed, {} phases with errors)",
+            report.failed.len(),
+            report.with_errors.len()
+        );
+        Ok(false)
+    }
+}

@@ -52,7 +52,11 @@ default_rung: deny
 }
 
 impl Proxy {
-    pub async fn start(state_dir: PathBuf, upstream_ca: &Path, upstream_port: u16) -> Result<Proxy> {
+    pub async fn start(
+        state_dir: PathBuf,
+        upstream_ca: &Path,
+        upstream_port: u16,
+    ) -> Result<Proxy> {
         let yaml = config_yaml(&state_dir, upstream_ca, upstream_port);
         let config = egress_edge::config::parse_str(&yaml, "bench")
             .with_context(|| format!("parsing the bench config:\n{yaml}"))?;

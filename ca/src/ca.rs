@@ -198,10 +198,10 @@ fn check_is_ca(x509: &X509Certificate<'_>, source: &str) -> Result<(), CaError> 
         .map_err(|e| CaError::bad_cert(source, format!("unreadable keyUsage: {e}")))?;
     // An absent keyUsage places no restriction (RFC 5280); a present one must allow signing
     // certificates, or clients reject every leaf.
-    if let Some(ext) = ku {
-        if !ext.value.key_cert_sign() {
-            return Err(not_ca("its keyUsage lacks keyCertSign"));
-        }
+    if let Some(ext) = ku
+        && !ext.value.key_cert_sign()
+    {
+        return Err(not_ca("its keyUsage lacks keyCertSign"));
     }
     Ok(())
 }

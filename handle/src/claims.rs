@@ -114,22 +114,22 @@ impl Claims {
                 "the handle does not grant credential {credential:?}"
             )));
         }
-        if let Some(pattern) = &self.host {
-            if !scope::host_matches(pattern, host) {
-                return Err(HandleError::OutOfScope(format!(
-                    "the handle is restricted to host {pattern:?}, not {:?}",
-                    printable(host)
-                )));
-            }
+        if let Some(pattern) = &self.host
+            && !scope::host_matches(pattern, host)
+        {
+            return Err(HandleError::OutOfScope(format!(
+                "the handle is restricted to host {pattern:?}, not {:?}",
+                printable(host)
+            )));
         }
-        if let Some(methods) = &self.methods {
-            if !methods.iter().any(|m| m == method) {
-                return Err(HandleError::OutOfScope(format!(
-                    "the handle does not allow method {:?} (allowed: {})",
-                    printable(method),
-                    methods.join(", ")
-                )));
-            }
+        if let Some(methods) = &self.methods
+            && !methods.iter().any(|m| m == method)
+        {
+            return Err(HandleError::OutOfScope(format!(
+                "the handle does not allow method {:?} (allowed: {})",
+                printable(method),
+                methods.join(", ")
+            )));
         }
         if let Some(prefixes) = &self.path_prefixes {
             let path = scope::path_only(path);
@@ -158,10 +158,10 @@ impl Claims {
         if self.exp <= self.iat {
             return Err("expires before it was issued");
         }
-        if let Some(session) = &self.session {
-            if !scope::valid_name(session) {
-                return Err("bad session name");
-            }
+        if let Some(session) = &self.session
+            && !scope::valid_name(session)
+        {
+            return Err("bad session name");
         }
         check_list(
             &self.credentials,
@@ -169,10 +169,10 @@ impl Claims {
             scope::valid_name,
             "bad credential list",
         )?;
-        if let Some(host) = &self.host {
-            if !scope::valid_host_pattern(host) {
-                return Err("bad host pattern");
-            }
+        if let Some(host) = &self.host
+            && !scope::valid_host_pattern(host)
+        {
+            return Err("bad host pattern");
         }
         if let Some(methods) = &self.methods {
             check_list(

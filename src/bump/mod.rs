@@ -97,10 +97,10 @@ impl Bumper {
     /// session cache are shared by every connection.
     async fn server_config(&self, name: &str) -> Result<Arc<ServerConfig>, String> {
         let leaf = self.leaves.get(name).await.map_err(|e| e.to_string())?;
-        if let Some((cached_leaf, cfg)) = self.configs.get(name) {
-            if Arc::ptr_eq(&cached_leaf, &leaf) {
-                return Ok(cfg);
-            }
+        if let Some((cached_leaf, cfg)) = self.configs.get(name)
+            && Arc::ptr_eq(&cached_leaf, &leaf)
+        {
+            return Ok(cfg);
         }
         let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()

@@ -161,13 +161,13 @@ fn request_host(req: &Request<Incoming>, s: &Session) -> Result<Host, String> {
     let authority: http::uri::Authority = raw
         .parse()
         .map_err(|_| format!("`{raw}` is not a valid authority"))?;
-    if let Some(p) = authority.port_u16() {
-        if p != s.port {
-            return Err(format!(
-                "{raw} names port {p}, the session is for port {}",
-                s.port
-            ));
-        }
+    if let Some(p) = authority.port_u16()
+        && p != s.port
+    {
+        return Err(format!(
+            "{raw} names port {p}, the session is for port {}",
+            s.port
+        ));
     }
     let host = Host::parse(authority.host()).map_err(|e| e.to_string())?;
     let d = s.snap.config.policy.decide(&host, s.port, Scheme::Connect);

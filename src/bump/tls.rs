@@ -67,7 +67,9 @@ fn add_pem(roots: &mut RootCertStore, bytes: &[u8], path: &Path) -> Result<(), T
             reason: e.to_string(),
         })?;
     if certs.is_empty() {
-        return Err(TrustError::Empty { path: path.to_path_buf() });
+        return Err(TrustError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     for c in certs {
         roots.add(c).map_err(|e| TrustError::Bad {

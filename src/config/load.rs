@@ -300,7 +300,16 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
     let secrets = match raw.secrets {
         None => None,
         Some(s) => match (s.file, s.sds) {
-            (Some(f), None) => Some(SecretsConfig::File(f)),
+            (Some(path), None) => Some(SecretsConfig::File {
+                path,
+                initial_fetch_timeout: dur(s.initial_fetch_timeout, 1),
+            }),
+            (None, Some(_)) if s.initial_fetch_timeout.is_some() => {
+                return err(
+                    "secrets.initial_fetch_timeout",
+                    "for sds, set secrets.sds.initial_fetch_timeout",
+                );
+            }
             (None, Some(sds)) => Some(SecretsConfig::Sds(sds_from(sds)?)),
             (Some(_), Some(_)) => return err("secrets", "set either `file` or `sds`, not both"),
             (None, None) => return err("secrets", "set `file` or `sds`"),
@@ -311,7 +320,14 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
     let default_rung = raw.default_rung.unwrap_or(Rung::Deny);
     let policy = Policy::new(rules, default_rung);
 
+    let handle_max_ttl = dur(raw.handles.max_ttl, 3600);
+    if handle_max_ttl < Duration::from_secs(1)
+        || handle_max_ttl > Duration::from_secs(7 * 24 * 3600)
+    {
+        return err("handles.max_ttl", "must be between 1s and 7d");
+    }
     let config = Config {
+        handle_max_ttl,
         proxy,
         admin,
         log,
@@ -327,25 +343,25 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
         destinations,
         default_rung,
     };
-    if config.secrets.is_none() {
-        if let Some(name) = config.referenced_secrets().into_iter().next() {
-            let key = config
-                .destinations
-                .iter()
-                .position(|d| {
-                    d.credential
-                        .as_ref()
-                        .is_some_and(|c| c.secret_name() == name)
-                })
-                .map(|i| format!("destinations[{i}].credential"))
-                .unwrap_or_else(|| "secrets".to_owned());
-            return err(
-                &key,
-                format!(
-                    "secret `{name}` is referenced but no `secrets` source (file or sds) is configured"
-                ),
-            );
-        }
+    if config.secrets.is_none()
+        && let Some(name) = config.referenced_secrets().into_iter().next()
+    {
+        let key = config
+            .destinations
+            .iter()
+            .position(|d| {
+                d.credential
+                    .as_ref()
+                    .is_some_and(|c| c.secret_name() == name)
+            })
+            .map(|i| format!("destinations[{i}].credential"))
+            .unwrap_or_else(|| "secrets".to_owned());
+        return err(
+            &key,
+            format!(
+                "secret `{name}` is referenced but no `secrets` source (file or sds) is configured"
+            ),
+        );
     }
     Ok(config)
 }

@@ -46,6 +46,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub network: NetworkConfig,
     pub secrets: Option<SecretsConfig>,
+    #[serde(with = "humantime_serde_compat")]
+    pub handle_max_ttl: Duration,
     #[serde(skip)]
     pub policy: Policy,
     /// The destinations as configured, for `/v1/config`.
@@ -131,8 +133,25 @@ pub struct NetworkConfig {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretsConfig {
-    File(PathBuf),
+    File {
+        path: PathBuf,
+        #[serde(with = "humantime_serde_compat")]
+        initial_fetch_timeout: Duration,
+    },
     Sds(SdsConfig),
+}
+
+impl SecretsConfig {
+    /// How long a request waits for a referenced secret that has not arrived.
+    pub fn initial_fetch_timeout(&self) -> Duration {
+        match self {
+            SecretsConfig::File {
+                initial_fetch_timeout,
+                ..
+            } => *initial_fetch_timeout,
+            SecretsConfig::Sds(s) => s.initial_fetch_timeout,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -264,13 +283,13 @@ fn rules_from(
                 format!("`{id}` is already the id of destinations[{prev}]"),
             ));
         }
-        if let Some(ports) = &d.ports {
-            if ports.is_empty() || ports.contains(&0) {
-                return Err((
-                    format!("{key}.ports"),
-                    "must list at least one port, each 1-65535".into(),
-                ));
-            }
+        if let Some(ports) = &d.ports
+            && (ports.is_empty() || ports.contains(&0))
+        {
+            return Err((
+                format!("{key}.ports"),
+                "must list at least one port, each 1-65535".into(),
+            ));
         }
         let credential = d
             .credential

@@ -35,8 +35,17 @@ pub struct RawConfig {
     pub network: RawNetwork,
     pub secrets: Option<RawSecrets>,
     #[serde(default)]
+    pub handles: RawHandles,
+    #[serde(default)]
     pub destinations: Vec<RawDestination>,
     pub default_rung: Option<Rung>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandles {
+    /// Longest lifetime a handle may be minted with (default 1h).
+    pub max_ttl: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +130,8 @@ pub struct RawNetwork {
 pub struct RawSecrets {
     pub file: Option<PathBuf>,
     pub sds: Option<RawSds>,
+    /// For `file`: how long a request waits for a secret missing from the file (default 1s).
+    pub initial_fetch_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

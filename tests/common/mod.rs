@@ -140,6 +140,7 @@ pub fn client_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> Arc<rustls
 /// What the test upstream saw.
 #[derive(Default)]
 pub struct Seen {
+    pub tokens: AtomicUsize,
     pub requests: Mutex<Vec<(String, http::HeaderMap)>>,
     pub handshakes: AtomicUsize,
     pub connections: AtomicUsize,
@@ -160,6 +161,29 @@ async fn upstream_handler(
     let path = req.uri().path().to_owned();
     let resp = match path.as_str() {
         "/small" => Response::new(full("hello")),
+        "/token" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let form = String::from_utf8_lossy(&body).to_string();
+            if !form.contains("grant_type=client_credentials")
+                || !form.contains("client_secret=cs-SECRET")
+            {
+                return Ok(Response::builder()
+                    .status(401)
+                    .body(full("bad client"))
+                    .unwrap());
+            }
+            // Slow enough that concurrent first requests overlap.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let n = seen.tokens.fetch_add(1, Ordering::SeqCst) + 1;
+            Response::new(full(format!(
+                "{{\"access_token\":\"tok-{n}\",\"expires_in\":3600}}"
+            )))
+        }
         "/headers" => {
             let map: serde_json::Map<String, serde_json::Value> = req
                 .headers()
@@ -376,6 +400,63 @@ impl Proxy {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops this proxy and starts a new one on the same config and state dir.
+    pub async fn restart(mut self) -> Proxy {
+        self.shutdown();
+        if let Some(d) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
+        }
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let config = egress_edge::config::parse_str(&text, "test").unwrap();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let app = App::build(
+            config,
+            Listeners {
+                proxy,
+                admin: Some(AdminListener::Tcp(admin)),
+            },
+            BuildOptions::default(),
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let addr = app.proxy_addr;
+        let shared = app.shared().clone();
+        let done = tokio::spawn(app.run(async {
+            let _ = rx.await;
+        }));
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        Proxy {
+            addr,
+            admin: admin_addr,
+            state,
+            config_path: self.config_path.clone(),
+            shared,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = TcpStream::connect(self.admin).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, _, body) = read_response(&mut s).await;
+        (status, body)
+    }
+
+    /// Mints a handle through the admin API.
+    pub async fn mint(&self, body: &str) -> String {
+        let (status, resp) = self.post("/v1/handles", body).await;
+        assert_eq!(status, 200, "{resp}");
+        json(&resp)["handle"].as_str().unwrap().to_owned()
     }
 
     pub fn bump_ca_path(&self) -> PathBuf {

@@ -1,0 +1,282 @@
+//! Benchmark clients: TCP (+ a hand-written HTTP CONNECT when going through the proxy), then
+//! TLS with the right roots and SNI, then a hyper HTTP/1.1 or HTTP/2 connection.
+//!
+//! Client TLS session resumption is disabled, so every new connection is a full handshake.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Which path a target takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Direct,
+    Tunnel,
+    Bump,
+}
+
+impl Route {
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Tunnel => "tunnel",
+            Route::Bump => "bump",
+        }
+    }
+}
+
+/// HTTP version spoken over the TLS connection (pinned with ALPN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+impl Proto {
+    pub fn label(self) -> &'static str {
+        match self {
+            Proto::H1 => "h1",
+            Proto::H2 => "h2",
+        }
+    }
+}
+
+/// Where and how to connect for one route.
+#[derive(Clone)]
+pub struct Target {
+    pub route: Route,
+    /// TCP destination: the upstream (direct) or the proxy.
+    dial: SocketAddr,
+    /// `host:port` for CONNECT, when going through the proxy.
+    connect: Option<String>,
+    /// SNI and Host.
+    server_name: ServerName<'static>,
+    /// `host:port` for the Host header / `:authority`.
+    authority: String,
+    tls_h1: TlsConnector,
+    tls_h2: TlsConnector,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("route", &self.route)
+            .field("dial", &self.dial)
+            .field("connect", &self.connect)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+fn connector(roots: &Arc<RootCertStore>, alpn: &[u8]) -> Result<TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+pub fn root_store(ca: CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca).context("adding a trust root")?;
+    Ok(Arc::new(roots))
+}
+
+impl Target {
+    /// `via_proxy`: CONNECT through this proxy address; else dial `upstream` directly.
+    pub fn new(
+        route: Route,
+        host: &str,
+        upstream: SocketAddr,
+        via_proxy: Option<SocketAddr>,
+        roots: &Arc<RootCertStore>,
+    ) -> Result<Target> {
+        let authority = format!("{host}:{}", upstream.port());
+        Ok(Target {
+            route,
+            dial: via_proxy.unwrap_or(upstream),
+            connect: via_proxy.map(|_| authority.clone()),
+            server_name: ServerName::try_from(host.to_owned())
+                .map_err(|e| anyhow!("server name {host}: {e}"))?,
+            authority,
+            tls_h1: connector(roots, b"http/1.1")?,
+            tls_h2: connector(roots, b"h2")?,
+        })
+    }
+
+    /// TCP connect (+ CONNECT) + TLS handshake, end to end.
+    pub async fn open_tls(&self, proto: Proto) -> Result<TlsStream<TcpStream>> {
+        let mut tcp = TcpStream::connect(self.dial)
+            .await
+            .with_context(|| format!("connecting to {}", self.dial))?;
+        tcp.set_nodelay(true)?;
+        if let Some(authority) = &self.connect {
+            http_connect(&mut tcp, authority).await?;
+        }
+        let tls = match proto {
+            Proto::H1 => &self.tls_h1,
+            Proto::H2 => &self.tls_h2,
+        };
+        let stream = tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .with_context(|| format!("{} TLS handshake", self.route.label()))?;
+        let alpn = stream.get_ref().1.alpn_protocol();
+        let want: &[u8] = match proto {
+            Proto::H1 => b"http/1.1",
+            Proto::H2 => b"h2",
+        };
+        if alpn != Some(want) {
+            bail!(
+                "{}: ALPN negotiated {:?}, wanted {}",
+                self.route.label(),
+                alpn.map(String::from_utf8_lossy),
+                String::from_utf8_lossy(want)
+            );
+        }
+        Ok(stream)
+    }
+
+    /// A ready HTTP connection.
+    pub async fn open(&self, proto: Proto) -> Result<Conn> {
+        Ok(self.open_timed(proto).await?.0)
+    }
+
+    /// A ready HTTP connection, and how long TCP connect (+ CONNECT) + TLS took.
+    pub async fn open_timed(&self, proto: Proto) -> Result<(Conn, Duration)> {
+        let t0 = Instant::now();
+        let tls = self.open_tls(proto).await?;
+        let hs = t0.elapsed();
+        Ok((
+            Conn::handshake(tls, proto, self.authority.clone()).await?,
+            hs,
+        ))
+    }
+}
+
+/// `CONNECT authority`, reading the response head byte-exactly (nothing follows it before the
+/// client's ClientHello).
+async fn http_connect(tcp: &mut TcpStream, authority: &str) -> Result<()> {
+    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let end = loop {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            bail!(
+                "proxy closed during CONNECT {authority} (read {:?})",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            bail!("CONNECT response head over 16 KiB");
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let status_line = head.lines().next().unwrap_or_default();
+    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if code != "200" {
+        bail!("CONNECT {authority} refused: {status_line:?}");
+    }
+    if end != buf.len() {
+        bail!(
+            "proxy sent {} bytes after the CONNECT response",
+            buf.len() - end
+        );
+    }
+    Ok(())
+}
+
+enum Sender {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+/// One HTTP connection (its driver runs on a spawned task).
+pub struct Conn {
+    sender: Sender,
+    authority: String,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    async fn handshake(tls: TlsStream<TcpStream>, proto: Proto, authority: String) -> Result<Conn> {
+        let io = TokioIo::new(tls);
+        let sender = match proto {
+            Proto::H1 => {
+                let (s, conn) = http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::H1(s)
+            }
+            Proto::H2 => {
+                let (s, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::H2(s)
+            }
+        };
+        Ok(Conn { sender, authority })
+    }
+
+    /// GETs `path`, drains the body and returns its length.
+    pub async fn get(&mut self, path: &str) -> Result<usize> {
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                let req = Request::get(path)
+                    .header(header::HOST, &self.authority)
+                    .body(Empty::new())?;
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                let req =
+                    Request::get(format!("https://{}{path}", self.authority)).body(Empty::new())?;
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                len += data.len();
+            }
+        }
+        if !status.is_success() {
+            bail!("GET {path}: status {status}");
+        }
+        Ok(len)
+    }
+}

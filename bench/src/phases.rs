@@ -1,0 +1,203 @@
+//! The measured phases. Each runs its workers for a warm-up plus a fixed window and returns
+//! merged samples; nothing here judges the numbers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::future::join_all;
+
+use crate::client::{Proto, Target};
+use crate::stats::{PhaseResult, Rec, Window, micros};
+use crate::upstream::{LARGE_LEN, SMALL_LEN};
+
+/// Phase length and warm-up.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub warmup: Duration,
+    pub secs: Duration,
+}
+
+fn check_len(path: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        bail!("GET {path}: body {got} bytes, expected {want}");
+    }
+    Ok(())
+}
+
+async fn collect(handles: Vec<tokio::task::JoinHandle<Rec>>) -> Result<PhaseResult> {
+    let mut recs = Vec::with_capacity(handles.len());
+    for h in join_all(handles).await {
+        recs.push(h.map_err(|e| anyhow!("worker task: {e}"))?);
+    }
+    Ok(PhaseResult::merge(recs))
+}
+
+/// `conns` keep-alive connections, each with one `GET /small` in flight at a time.
+pub async fn keep_alive(
+    target: &Target,
+    proto: Proto,
+    conns: usize,
+    t: Timing,
+) -> Result<PhaseResult> {
+    let opened = join_all((0..conns).map(|_| target.open(proto))).await;
+    let mut ready = Vec::with_capacity(conns);
+    for c in opened {
+        ready.push(c.with_context(|| {
+            format!(
+                "opening {} {} connection",
+                target.route.label(),
+                proto.label()
+            )
+        })?);
+    }
+    let win = Window::new(t.warmup, t.secs);
+    let handles = ready
+        .into_iter()
+        .map(|mut conn| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut rec = Rec::new(win);
+                loop {
+                    let t0 = Instant::now();
+                    if !rec.go_on(t0, false) {
+                        break;
+                    }
+                    match conn
+                        .get("/small")
+                        .await
+                        .and_then(|n| check_len("/small", n, SMALL_LEN))
+                    {
+                        Ok(()) => rec.ok(t0, None, SMALL_LEN),
+                        Err(e) => {
+                            rec.err(&e);
+                            // The connection may be dead: replace it, or give up on this worker.
+                            match target.open(proto).await {
+                                Ok(c) => conn = c,
+                                Err(e) => {
+                                    rec.err(&e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                rec
+            })
+        })
+        .collect();
+    collect(handles).await
+}
+
+/// `workers` loops of: new TCP (+CONNECT) + full TLS handshake + one `GET /small`, then close.
+/// `hs` samples are the connect → TLS-established part.
+pub async fn new_conn(target: &Target, workers: usize, t: Timing) -> Result<PhaseResult> {
+    let win = Window::new(t.warmup, t.secs);
+    let handles = (0..workers)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut rec = Rec::new(win);
+                loop {
+                    let t0 = Instant::now();
+                    if !rec.go_on(t0, false) {
+                        break;
+                    }
+                    let r = async {
+                        let (mut conn, hs) = target.open_timed(Proto::H1).await?;
+                        check_len("/small", conn.get("/small").await?, SMALL_LEN)?;
+                        Ok::<_, anyhow::Error>(hs)
+                    }
+                    .await;
+                    match r {
+                        Ok(hs) => rec.ok(t0, Some(hs), SMALL_LEN),
+                        Err(e) => rec.err(&e),
+                    }
+                }
+                rec
+            })
+        })
+        .collect();
+    collect(handles).await
+}
+
+/// One client, sequentially: TCP connect (+CONNECT) until TLS is established, then close.
+pub async fn connect_latency(target: &Target, t: Timing) -> Result<PhaseResult> {
+    let win = Window::new(t.warmup, t.secs);
+    let target = target.clone();
+    let h = tokio::spawn(async move {
+        let mut rec = Rec::new(win);
+        loop {
+            let t0 = Instant::now();
+            if !rec.go_on(t0, false) {
+                break;
+            }
+            match target.open_tls(Proto::H1).await {
+                Ok(tls) => {
+                    rec.ok(t0, Some(t0.elapsed()), 0);
+                    drop(tls);
+                }
+                Err(e) => rec.err(&e),
+            }
+        }
+        rec
+    });
+    collect(vec![h]).await
+}
+
+/// One keep-alive connection downloading `/large` back to back (at least once).
+pub async fn throughput(target: &Target, t: Timing) -> Result<PhaseResult> {
+    let mut conn = target
+        .open(Proto::H1)
+        .await
+        .with_context(|| format!("opening {} connection", target.route.label()))?;
+    let win = Window::new(t.warmup, t.secs);
+    let h = tokio::spawn(async move {
+        let mut rec = Rec::new(win);
+        loop {
+            let t0 = Instant::now();
+            if !rec.go_on(t0, true) {
+                break;
+            }
+            match conn
+                .get("/large")
+                .await
+                .and_then(|n| check_len("/large", n, LARGE_LEN))
+            {
+                Ok(()) => rec.ok(t0, None, LARGE_LEN),
+                Err(e) => {
+                    rec.err(&e);
+                    break;
+                }
+            }
+        }
+        rec
+    });
+    collect(vec![h]).await
+}
+
+/// Cold leaf mints on a fresh CA: `count` distinct names, one at a time. Returns sorted µs
+/// samples and the total time.
+pub async fn mint(count: usize) -> Result<(Vec<u32>, Duration)> {
+    tokio::task::spawn_blocking(move || -> Result<(Vec<u32>, Duration)> {
+        let ca = egress_ca::DeploymentCa::generate(&egress_ca::CaOptions::new("bench"))?;
+        let ttl = Duration::from_secs(86400);
+        // Warm the code path (and allocator) with names outside the measured set.
+        for i in 0..10 {
+            egress_ca::mint_leaf(&ca, &format!("warm{i}.mint.bench.test"), ttl)?;
+        }
+        let mut samples = Vec::with_capacity(count);
+        let all = Instant::now();
+        for i in 0..count {
+            let name = format!("host{i}.mint.bench.test");
+            let t0 = Instant::now();
+            let leaf = egress_ca::mint_leaf(&ca, &name, ttl)?;
+            samples.push(micros(t0.elapsed()));
+            drop(leaf);
+        }
+        let total = all.elapsed();
+        samples.sort_unstable();
+        Ok((samples, total))
+    })
+    .await
+    .map_err(|e| anyhow!("mint task: {e}"))?
+}
