@@ -112,6 +112,7 @@ pub struct BuildOptions {
 
 #[derive(Debug)]
 pub struct App {
+    reloader: Arc<crate::reload::Reloader>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     proxy: TcpListener,
@@ -346,11 +347,13 @@ impl App {
                 .collect();
             b.leaves().prewarm(&exact).await;
         }
+        let resolver: Arc<dyn Resolve> = opts.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
+        let connector: Arc<dyn Connect> = opts.connector.unwrap_or_else(|| Arc::new(TcpConnector));
         let dialer = Dialer::new(
             config.network.addresses.clone(),
             config.network.hosts.clone(),
-            opts.resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
-            opts.connector.unwrap_or_else(|| Arc::new(TcpConnector)),
+            resolver.clone(),
+            connector.clone(),
             config.proxy.connect_timeout,
         );
         let extra_pems = crate::api::sds_roots(&config, secrets.as_ref());
@@ -379,6 +382,13 @@ impl App {
         ));
         let shared = Arc::new(Shared::new(snapshot, metrics, Some(injector)));
         spawn_revocation_reload(&shared, handles.clone());
+        let reloader = Arc::new(crate::reload::Reloader {
+            shared: shared.clone(),
+            resolver,
+            connector,
+            ca: ca.clone(),
+            secrets: secrets.clone(),
+        });
         let api =
             Api::new(ca, bumper.clone(), secrets, handles, &config).map_err(AppError::Handles)?;
         api.register_metrics(&shared.metrics);
@@ -401,6 +411,7 @@ impl App {
             _ => None,
         };
         Ok(App {
+            reloader,
             proxy_addr,
             admin_addr,
             proxy: listeners.proxy,
@@ -414,6 +425,11 @@ impl App {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Validates and swaps in configs while serving (SIGHUP, file changes, tests).
+    pub fn reloader(&self) -> Arc<crate::reload::Reloader> {
+        self.reloader.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, drains for the grace period,

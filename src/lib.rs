@@ -40,6 +40,7 @@ pub mod pem;
 pub mod policy;
 pub mod proxy;
 pub mod refusal;
+pub mod reload;
 pub mod sni;
 pub mod state;
 pub mod tunnel;

@@ -65,7 +65,10 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, Failure> {
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run { config } => run(load(config.as_deref())?).await,
+        Command::Run { config: path } => {
+            let config = load(path.as_deref())?;
+            run(config, path).await
+        }
         Command::CheckConfig { config } => {
             let c = load(Some(&config))?;
             // Referenced files are part of validity: a config whose CA or roots cannot load
@@ -138,7 +141,7 @@ async fn handle(cmd: HandleCommand) -> Result<(), Failure> {
         })
 }
 
-async fn run(config: Config) -> Result<(), Failure> {
+async fn run(config: Config, path: Option<std::path::PathBuf>) -> Result<(), Failure> {
     egress_edge::logging::init(&config.log);
     let listeners = Listeners::bind(&config)
         .await
@@ -146,6 +149,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     let app = App::build(config, listeners, BuildOptions::default())
         .await
         .map_err(|e| Failure::Config(e.to_string()))?;
+    // SIGHUP and edits of the file reload the policy; the built-in default has no file.
+    if let Some(p) = path {
+        app.reloader().watch(p);
+    }
     app.run(shutdown_signal()).await;
     Ok(())
 }

@@ -97,13 +97,12 @@ impl Proxy {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            if tokio::time::timeout(std::time::Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
-                eprintln!("bench: proxy did not stop within 5 s");
-            }
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        if waited.is_err() {
+            eprintln!("bench: proxy did not stop within 5 s");
         }
     }
 }

@@ -342,6 +342,7 @@ pub struct Proxy {
     pub state: tempfile::TempDir,
     pub config_path: PathBuf,
     pub shared: Arc<egress_edge::state::Shared>,
+    pub reloader: Arc<egress_edge::reload::Reloader>,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -377,6 +378,7 @@ impl Proxy {
         .map_err(|e| e.to_string())?;
         let addr = app.proxy_addr;
         let shared = app.shared().clone();
+        let reloader = app.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -387,6 +389,7 @@ impl Proxy {
             state,
             config_path,
             shared,
+            reloader,
             stop: Some(tx),
             done: Some(done),
         })
@@ -426,6 +429,7 @@ impl Proxy {
         let (tx, rx) = oneshot::channel::<()>();
         let addr = app.proxy_addr;
         let shared = app.shared().clone();
+        let reloader = app.reloader();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;
         }));
@@ -436,6 +440,7 @@ impl Proxy {
             state,
             config_path: self.config_path.clone(),
             shared,
+            reloader,
             stop: Some(tx),
             done: Some(done),
         }
