@@ -362,23 +362,28 @@ impl Proxy {
         let text = yaml.replace("STATE_DIR", state.path().join("state").to_str().unwrap());
         let config_path = state.path().join("config.yaml");
         std::fs::write(&config_path, &text).unwrap();
+        Proxy::launch(state, config_path, opts).await
+    }
+
+    /// Builds and runs an app from the config file in `state`.
+    async fn launch(
+        state: tempfile::TempDir,
+        config_path: PathBuf,
+        opts: BuildOptions,
+    ) -> Result<Proxy, String> {
+        let text = std::fs::read_to_string(&config_path).unwrap();
         let config = egress_edge::config::parse_str(&text, "test").map_err(|e| e.to_string())?;
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let app = App::build(
-            config,
-            Listeners {
-                proxy,
-                admin: Some(AdminListener::Tcp(admin)),
-            },
-            opts,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let addr = app.proxy_addr;
-        let shared = app.shared().clone();
-        let reloader = app.reloader();
+        let listeners = Listeners {
+            proxy,
+            admin: Some(AdminListener::Tcp(admin)),
+        };
+        let app = App::build(config, listeners, opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (addr, shared, reloader) = (app.proxy_addr, app.shared().clone(), app.reloader());
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -411,39 +416,10 @@ impl Proxy {
         if let Some(d) = self.done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
         }
-        let text = std::fs::read_to_string(&self.config_path).unwrap();
-        let config = egress_edge::config::parse_str(&text, "test").unwrap();
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_addr = admin.local_addr().unwrap();
-        let app = App::build(
-            config,
-            Listeners {
-                proxy,
-                admin: Some(AdminListener::Tcp(admin)),
-            },
-            BuildOptions::default(),
-        )
-        .await
-        .unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let addr = app.proxy_addr;
-        let shared = app.shared().clone();
-        let reloader = app.reloader();
-        let done = tokio::spawn(app.run(async {
-            let _ = rx.await;
-        }));
         let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
-        Proxy {
-            addr,
-            admin: admin_addr,
-            state,
-            config_path: self.config_path.clone(),
-            shared,
-            reloader,
-            stop: Some(tx),
-            done: Some(done),
-        }
+        Proxy::launch(state, self.config_path.clone(), BuildOptions::default())
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
