@@ -10,6 +10,7 @@ mod proxy;
 mod stats;
 mod upstream;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,12 +25,15 @@ use crate::stats::{PhaseResult, fmt_us, pct, per_sec};
 const USAGE: &str = "\
 egress-bench: egress-edge (tunnel and bump) vs direct, in-process on loopback
 
-usage: egress-bench [--quick] [--secs S] [--warmup-ms MS] [--conns N] [--new-conns N]
-                    [--mints N] [--only LIST]
+usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns N]
+                    [--new-conns N] [--mints N] [--only LIST]
 
-  --quick          1 s phases, 200 ms warm-up
+  --quick          1 s phases in 1 round, 200 ms warm-up
   --secs S         measured seconds per phase (default 4)        env EGRESS_BENCH_SECS
-  --warmup-ms MS   unmeasured warm-up per phase (default 500)    env EGRESS_BENCH_WARMUP_MS
+  --rounds R       split each phase into R rounds interleaved with the other paths of its
+                   section (direct, tunnel, bump, direct, ...) so drifting machine load hits
+                   baseline and proxy alike (default 2)          env EGRESS_BENCH_ROUNDS
+  --warmup-ms MS   unmeasured warm-up per round (default 500)    env EGRESS_BENCH_WARMUP_MS
   --conns N        keep-alive connections (default 16)           env EGRESS_BENCH_CONNS
   --new-conns N    new-connection workers (default 8)            env EGRESS_BENCH_NEW_CONNS
   --mints N        cold leaf mints (default 2000)                env EGRESS_BENCH_MINTS
@@ -49,6 +53,7 @@ const PHASES: [&str; 6] = [
 #[derive(Debug)]
 struct Args {
     secs: f64,
+    rounds: usize,
     warmup_ms: u64,
     conns: usize,
     new_conns: usize,
@@ -63,10 +68,11 @@ impl Args {
             .is_none_or(|o| o.iter().any(|p| p == phase))
     }
 
+    /// Timing of one round.
     fn timing(&self) -> Timing {
         Timing {
             warmup: Duration::from_millis(self.warmup_ms),
-            secs: Duration::from_secs_f64(self.secs),
+            secs: Duration::from_secs_f64(self.secs / self.rounds as f64),
         }
     }
 }
@@ -97,6 +103,7 @@ fn parse_args() -> Result<Option<Args>> {
     let quick = argv.iter().any(|a| a == "--quick");
     let mut a = Args {
         secs: if quick { 1.0 } else { 4.0 },
+        rounds: if quick { 1 } else { 2 },
         warmup_ms: if quick { 200 } else { 500 },
         conns: 16,
         new_conns: 8,
@@ -107,6 +114,9 @@ fn parse_args() -> Result<Option<Args>> {
     if !quick {
         if let Some(v) = env("EGRESS_BENCH_SECS") {
             a.secs = parse_num("EGRESS_BENCH_SECS", &v)?;
+        }
+        if let Some(v) = env("EGRESS_BENCH_ROUNDS") {
+            a.rounds = parse_num("EGRESS_BENCH_ROUNDS", &v)?;
         }
         if let Some(v) = env("EGRESS_BENCH_WARMUP_MS") {
             a.warmup_ms = parse_num("EGRESS_BENCH_WARMUP_MS", &v)?;
@@ -143,6 +153,7 @@ fn parse_args() -> Result<Option<Args>> {
                 return Ok(None);
             }
             "--secs" => a.secs = parse_num("--secs", &value()?)?,
+            "--rounds" => a.rounds = parse_num("--rounds", &value()?)?,
             "--warmup-ms" => a.warmup_ms = parse_num("--warmup-ms", &value()?)?,
             "--conns" => a.conns = parse_num("--conns", &value()?)?,
             "--new-conns" => a.new_conns = parse_num("--new-conns", &value()?)?,
@@ -154,8 +165,8 @@ fn parse_args() -> Result<Option<Args>> {
     if !(a.secs.is_finite() && a.secs > 0.0 && a.secs <= 3600.0) {
         bail!("--secs must be in (0, 3600]");
     }
-    if a.conns == 0 || a.new_conns == 0 {
-        bail!("--conns and --new-conns must be at least 1");
+    if a.conns == 0 || a.new_conns == 0 || a.rounds == 0 {
+        bail!("--conns, --new-conns and --rounds must be at least 1");
     }
     Ok(Some(a))
 }
@@ -399,6 +410,48 @@ fn latency_row(
     }
 }
 
+/// Runs `phase` for every target, `rounds` times, interleaved (A B C A B C), and pools each
+/// target's rounds. A target whose round fails is not run again.
+async fn interleaved<'a, F, Fut>(
+    rounds: usize,
+    targets: &[&'a Target],
+    what: &str,
+    mut phase: F,
+) -> Vec<Result<PhaseResult>>
+where
+    F: FnMut(&'a Target) -> Fut,
+    Fut: Future<Output = Result<PhaseResult>>,
+{
+    let mut out: Vec<Option<Result<PhaseResult>>> = targets.iter().map(|_| None).collect();
+    for round in 1..=rounds {
+        for (target, slot) in targets.iter().zip(out.iter_mut()) {
+            if matches!(slot, Some(Err(_))) {
+                continue;
+            }
+            eprintln!(
+                "bench: running {} {what} (round {round}/{rounds})",
+                target.route.label()
+            );
+            let r = phase(target).await;
+            *slot = Some(match (slot.take(), r) {
+                (Some(Ok(a)), Ok(b)) => Ok(a.combine(b)),
+                (_, r) => r,
+            });
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(anyhow!("not run"))))
+        .collect()
+}
+
+/// `/proc/loadavg`'s first three fields, when there is one.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 /// A private scratch directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 struct Scratch(PathBuf);
@@ -482,11 +535,14 @@ async fn run() -> Result<bool> {
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "egress-bench: {:.1} s phases (+{} ms warm-up), {} keep-alive conns, {} new-conn workers, {cpus} CPUs{}",
+        "egress-bench: {:.1} s per phase in {} interleaved round(s) (+{} ms warm-up each), {} keep-alive conns, \
+         {} new-conn workers, {cpus} CPUs, load average {}{}",
         args.secs,
+        args.rounds,
         args.warmup_ms,
         args.conns,
         args.new_conns,
+        loadavg(),
         if cfg!(debug_assertions) {
             " -- DEBUG BUILD, figures meaningless"
         } else {
@@ -525,11 +581,13 @@ async fn run() -> Result<bool> {
             "keep-alive GET /small, HTTP/1.1, {} connections, one request in flight each",
             args.conns
         ));
+        let results = interleaved(args.rounds, &targets, "keep-alive", |tg| {
+            phases::keep_alive(tg, Proto::H1, args.conns, t)
+        })
+        .await;
         let mut base = Base::Vs(None, "direct");
-        for target in targets {
+        for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} keep-alive", target.route.label());
-            eprintln!("bench: running {label}");
-            let res = phases::keep_alive(target, Proto::H1, args.conns, t).await;
             let v = rate_row(&mut report, &label, res, REQS, base.for_target(target));
             base = base.after(target, v, "direct");
         }
@@ -540,11 +598,13 @@ async fn run() -> Result<bool> {
             "keep-alive GET /small, HTTP/2, {} connections, one stream in flight each",
             args.conns
         ));
+        let results = interleaved(args.rounds, &targets, "keep-alive h2", |tg| {
+            phases::keep_alive(tg, Proto::H2, args.conns, t)
+        })
+        .await;
         let mut base = Base::Vs(None, "direct h2");
-        for target in targets {
+        for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} keep-alive h2", target.route.label());
-            eprintln!("bench: running {label}");
-            let res = phases::keep_alive(target, Proto::H2, args.conns, t).await;
             let v = rate_row(&mut report, &label, res, REQS, base.for_target(target));
             base = base.after(target, v, "direct h2");
         }
@@ -556,11 +616,13 @@ async fn run() -> Result<bool> {
              (bump: warm leaf, so TLS handshakes/s)",
             args.new_conns
         ));
+        let results = interleaved(args.rounds, &targets, "new-connection", |tg| {
+            phases::new_conn(tg, args.new_conns, t)
+        })
+        .await;
         let mut base = Base::Vs(None, "direct");
-        for target in targets {
+        for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} new-connection", target.route.label());
-            eprintln!("bench: running {label}");
-            let res = phases::new_conn(target, args.new_conns, t).await;
             let v = rate_row(&mut report, &label, res, CONNS, base.for_target(target));
             base = base.after(target, v, "direct");
         }
@@ -571,11 +633,13 @@ async fn run() -> Result<bool> {
             "new-CONNECT latency, one client, sequential: TCP connect until TLS established end to end"
                 .to_owned(),
         );
+        let results = interleaved(args.rounds, &targets, "connect+TLS", |tg| {
+            phases::connect_latency(tg, t)
+        })
+        .await;
         let mut base = Base::Vs(None, "direct p50");
-        for target in targets {
+        for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} connect+TLS", target.route.label());
-            eprintln!("bench: running {label}");
-            let res = phases::connect_latency(target, t).await;
             let v = latency_row(&mut report, &label, res, base.for_target(target));
             base = base.after(target, v, "direct p50");
         }
@@ -586,11 +650,13 @@ async fn run() -> Result<bool> {
             "throughput, one HTTP/1.1 stream, GET /large ({} MiB) back to back",
             upstream::LARGE_LEN >> 20
         ));
+        let results = interleaved(args.rounds, &targets, "/large", |tg| {
+            phases::throughput(tg, t)
+        })
+        .await;
         let mut base = Base::Vs(None, "direct");
-        for target in targets {
+        for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} /large", target.route.label());
-            eprintln!("bench: running {label}");
-            let res = phases::throughput(target, t).await;
             let v = rate_row(&mut report, &label, res, MBS, base.for_target(target));
             base = base.after(target, v, "direct");
         }
@@ -604,13 +670,16 @@ async fn run() -> Result<bool> {
         let label = "cold leaf mint";
         eprintln!("bench: running {label}");
         match phases::mint(args.mints).await {
-            Ok((samples, total)) => report.push(Row {
-                label: label.to_owned(),
-                value: format!("{:.0} mints/s", per_sec(samples.len() as f64, total)),
-                p50: format!("p50 {}", fmt_us(pct(&samples, 50.0))),
-                p99: format!("p99 {}", fmt_us(pct(&samples, 99.0))),
-                note: "(no baseline: pure CPU)".to_owned(),
-            }),
+            Ok((samples, total)) => {
+                let (p50, p99) = p50_p99(&samples);
+                report.push(Row {
+                    label: label.to_owned(),
+                    value: format!("{:.0} mints/s", per_sec(samples.len() as f64, total)),
+                    p50,
+                    p99,
+                    note: "(no baseline: pure CPU)".to_owned(),
+                });
+            }
             Err(e) => report.fail(label, &e),
         }
     }
@@ -619,8 +688,9 @@ async fn run() -> Result<bool> {
     report.print();
     println!();
     println!(
-        "ratios are against the direct row of the same section, same run; total {:.0} s",
-        began.elapsed().as_secs_f64()
+        "ratios are against the direct row of the same section, same run; total {:.0} s; load average now {}",
+        began.elapsed().as_secs_f64(),
+        loadavg()
     );
     for f in &report.failed {
         println!("FAILED {f}");

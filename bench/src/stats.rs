@@ -138,6 +138,23 @@ impl PhaseResult {
         r
     }
 
+    /// Two measurements of the same thing (e.g. interleaved rounds) as one: samples pooled,
+    /// measured windows added.
+    pub fn combine(mut self, other: PhaseResult) -> PhaseResult {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_err.is_none() {
+            self.first_err = other.first_err;
+        }
+        self.lat.extend(other.lat);
+        self.lat.sort_unstable();
+        self.hs.extend(other.hs);
+        self.hs.sort_unstable();
+        self.bytes += other.bytes;
+        self.elapsed += other.elapsed;
+        self
+    }
+
     /// Operations per second over the measured window.
     pub fn rate(&self) -> f64 {
         per_sec(self.ok as f64, self.elapsed)
