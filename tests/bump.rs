@@ -390,3 +390,91 @@ async fn generated_ca_is_name_constrained_to_bump_hosts() {
     );
     assert!(text.contains("pathlen:0"), "{text}");
 }
+
+/// A real gRPC call (our own SDS server's `FetchSecrets`, served over TLS) made by a tonic
+/// client through the bump: HTTP/2 on both sides, `te: trailers`, and `grpc-status` trailers.
+#[tokio::test]
+async fn grpc_through_the_bump() {
+    let pki = Pki::new("upstream test CA");
+    let leaf = pki.leaf(&["grpc.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "grpc.pem", &leaf.cert_pem);
+    let key = write(dir.path(), "grpc-key.pem", &leaf.key_pem);
+    let secrets = write(
+        dir.path(),
+        "s.yaml",
+        "secrets:\n  demo: { value: grpc-through-bump }\n",
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tls = egress_sds::server::ServerTls {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let server = egress_sds::server::Server::with_listener(l, &secrets, Some(&tls)).unwrap();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    let yaml = format!(
+        "state_dir: STATE_DIR
+upstream: {{ extra_roots: [{}] }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ grpc.test: 127.0.0.1 }} }}
+destinations:
+  - {{ host: grpc.test, ports: [{port}], rung: bump }}
+",
+        pki.ca_path().display()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let (proxy_addr, roots) = (proxy.addr, proxy.bump_roots());
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let roots = roots.clone();
+        async move {
+            let tls = tls_through(
+                proxy_addr,
+                &format!("grpc.test:{port}"),
+                "grpc.test",
+                client_config(roots, &[b"h2"]),
+            )
+            .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://grpc.test:{port}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    let mut client = egress_sds::proto::SecretDiscoveryServiceClient::new(channel);
+    let resp = client
+        .fetch_secrets(egress_sds::proto::DiscoveryRequest {
+            node: Some(egress_sds::proto::Node {
+                id: "t".into(),
+                cluster: "t".into(),
+                ..Default::default()
+            }),
+            resource_names: vec!["demo".into()],
+            type_url: egress_sds::proto::SECRET_TYPE_URL.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.resources.len(), 1);
+    let (name, secret) = egress_sds::Secret::from_any(&resp.resources[0]).unwrap();
+    assert_eq!(name, "demo");
+    let egress_sds::Secret::Generic { value: Some(v), .. } = secret else {
+        panic!("generic expected")
+    };
+    assert_eq!(v.expose(), b"grpc-through-bump");
+    // A gRPC error status travels in trailers too.
+    let err = client
+        .fetch_secrets(egress_sds::proto::DiscoveryRequest {
+            type_url: "type.googleapis.com/wrong".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
