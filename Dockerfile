@@ -39,8 +39,11 @@ USER 65532:65532
 VOLUME ["/etc/egress-edge", "/var/lib/egress-edge"]
 # 3128: the proxy; 9901: admin (health, readiness, metrics, /ca.pem, /v1 API).
 EXPOSE 3128 9901
-# No HEALTHCHECK: the image has no shell or curl, and egress-edge has no health-probe
-# subcommand yet. Have the orchestrator probe the admin port instead, for example in Kubernetes:
+# The image has no shell or curl: the binary probes its own admin listener. It assumes the
+# default admin.listen 127.0.0.1:9901; override the command if your config moves it.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/egress-edge", "health", "--admin", "127.0.0.1:9901"]
+# Kubernetes ignores HEALTHCHECK; probe the admin port there:
 #   livenessProbe:  httpGet { path: /healthz, port: 9901 }
 #   readinessProbe: httpGet { path: /readyz,  port: 9901 }
 # (/healthz and /readyz need no token; a pod-IP probe needs admin.listen 0.0.0.0:9901 with

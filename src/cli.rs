@@ -33,6 +33,12 @@ pub enum Command {
     /// Credential handle commands.
     #[command(subcommand)]
     Handle(HandleCommand),
+    /// Probe a running proxy's admin `/healthz` (for container HEALTHCHECKs: no curl needed).
+    Health {
+        /// Admin address: host:port or unix:///path.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
     /// Envoy SDS v3 server commands.
     #[command(subcommand)]
     Sds(SdsCommand),

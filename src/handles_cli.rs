@@ -118,6 +118,40 @@ fn open(dir: &std::path::Path) -> Result<egress_handle::HandleAuthority, CliErro
         .map_err(|e| CliError::Runtime(e.to_string()))
 }
 
+/// `egress-edge health`: GET /healthz on the admin listener; Ok only on 200.
+pub async fn health(admin: &str) -> Result<(), String> {
+    let req = Request::get("/healthz")
+        .header(header::HOST, "egress-edge-admin")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let probe = async {
+        if let Some(p) = admin.strip_prefix("unix://") {
+            send_on(
+                tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| format!("{admin}: {e}"))?,
+                req,
+            )
+            .await
+        } else {
+            let authority = admin.trim_start_matches("http://").trim_end_matches('/');
+            send_on(
+                tokio::net::TcpStream::connect(authority)
+                    .await
+                    .map_err(|e| format!("{admin}: {e}"))?,
+                req,
+            )
+            .await
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok((status, _))) if status.is_success() => Ok(()),
+        Ok(Ok((status, body))) => Err(format!("unhealthy: {status} {body}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("{admin}: no answer within 5s")),
+    }
+}
+
 async fn admin_post(
     base: &str,
     path: &str,

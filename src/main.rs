@@ -94,6 +94,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Handle(cmd) => handle(cmd).await,
+        Command::Health { admin } => egress_edge::handles_cli::health(&admin)
+            .await
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!(e))),
         Command::Sds(SdsCommand::Serve {
             listen,
             secrets,

@@ -83,3 +83,100 @@ fn partial_byo_ca_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ca.key"));
 }
+
+#[tokio::test]
+async fn health_and_handle_cli_against_a_running_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("c.yaml");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy: {{ listen: '{proxy}' }}\nadmin: {{ listen: '{admin}' }}\nstate_dir: {}\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let admin_s = admin.to_string();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if bin()
+            .args(["health", "--admin", &admin_s])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let url = format!("http://{admin}");
+    let minted = bin()
+        .args([
+            "handle",
+            "mint",
+            "--credential",
+            "k",
+            "--ttl",
+            "5m",
+            "--session",
+            "s1",
+            "--admin",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let direct = bin()
+        .args([
+            "handle",
+            "mint",
+            "--credential",
+            "k",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let revoked = bin()
+        .args(["handle", "revoke", "--session", "s1", "--admin", &url])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy, "health never succeeded");
+    assert!(
+        String::from_utf8_lossy(&minted.stdout).starts_with("eeh_"),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&direct.stdout).starts_with("eeh_"),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    // Nothing listening: health fails with exit 2.
+    let out = bin()
+        .args(["health", "--admin", &admin_s])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

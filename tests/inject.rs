@@ -576,3 +576,95 @@ destinations:
     )
     .await;
 }
+
+/// A client certificate delivered as a `tls_certificate` secret is presented to an upstream
+/// that requires mTLS, only for requests that carry a valid handle; the handle never goes up.
+#[tokio::test]
+async fn client_certificate_credential_is_presented_only_with_a_handle() {
+    capture_logs();
+    let pki = Pki::new("upstream test CA");
+    let client_ca = Pki::new("workload identity CA");
+    let leaf = pki.leaf(&["mtls.test"]);
+    let svid = client_ca.leaf(&["spiffe-workload.test"]);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(client_ca.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::pem::PemObject::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key: rustls_pki_types::PrivateKeyDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (up, seen) = start_upstream(Some(Arc::new(sc))).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "svid.pem", &svid.cert_pem);
+    write(dir.path(), "svid-key.pem", &svid.key_pem);
+    let secrets = write(
+        dir.path(),
+        "secrets.yaml",
+        "secrets:\n  svid: { certificate: svid.pem, private_key: svid-key.pem }\n",
+    );
+    let yaml = format!(
+        "state_dir: STATE_DIR
+upstream: {{ extra_roots: [{ca}] }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ mtls.test: 127.0.0.1 }} }}
+secrets: {{ file: {secrets} }}
+destinations:
+  - {{ host: mtls.test, ports: [{port}], credential: {{ client_cert: svid }}, require_handle: true }}
+",
+        ca = pki.ca_path().display(),
+        secrets = secrets.display(),
+        port = up.port()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let env = Env {
+        up,
+        seen,
+        proxy,
+        secrets,
+        _dir: dir,
+    };
+    let out = env.get("mtls.test", "/small", &[]).await;
+    assert_eq!(
+        error_code(&out).as_deref(),
+        Some("handle_required"),
+        "{out}"
+    );
+    let handle = env
+        .proxy
+        .mint(r#"{"credentials":["svid"],"ttl":"5m"}"#)
+        .await;
+    let out = env
+        .get(
+            "mtls.test",
+            "/headers",
+            &[&format!("Authorization: Bearer {handle}")],
+        )
+        .await;
+    let v = body_json(&out);
+    assert!(
+        v.get("authorization").is_none(),
+        "the handle must not reach the upstream: {out}"
+    );
+    assert_eq!(
+        env.seen
+            .handshakes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one mTLS handshake"
+    );
+    env.upstream_saw_no_handle();
+    leak_scan(&env.proxy, &[&handle, "PRIVATE KEY"], &[out]).await;
+}
