@@ -162,6 +162,9 @@ impl Api {
             s.sds_nacks.inner().store(st.source.nacks, Relaxed);
             s.secrets_warm.set(i64::from(st.warm));
         }
+        if self.secrets.is_none() {
+            s.secrets_warm.set(1);
+        }
         let mut out = shared.metrics.encode();
         if let Some(store) = &self.secrets {
             out = append_secret_versions(out, store);

@@ -356,6 +356,19 @@ impl App {
             connector.clone(),
             config.proxy.connect_timeout,
         );
+        if let Some(store) = &secrets {
+            // Trust roots from the secret source must be there before the first re-originated
+            // request; if they never arrive, verification against them fails (closed).
+            let timeout = config.secrets.as_ref().map_or(
+                Duration::from_secs(10),
+                SecretsConfig::initial_fetch_timeout,
+            );
+            for name in &config.upstream.extra_roots_sds {
+                if store.wait(name, timeout).await.is_err() {
+                    tracing::warn!(secret = %name, "upstream.extra_roots_sds: not delivered yet; upstreams it would verify fail until it arrives");
+                }
+            }
+        }
         let extra_pems = crate::api::sds_roots(&config, secrets.as_ref());
         let snapshot = Snapshot::new(config.clone(), dialer, &extra_pems)?;
         let auth = AdminAuth::load(&config.admin)?;
@@ -389,6 +402,9 @@ impl App {
             ca: ca.clone(),
             secrets: secrets.clone(),
         });
+        if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
+            spawn_root_refresh(store.clone(), reloader.clone());
+        }
         let api =
             Api::new(ca, bumper.clone(), secrets, handles, &config).map_err(AppError::Handles)?;
         api.register_metrics(&shared.metrics);
@@ -466,6 +482,25 @@ impl App {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Rebuilds the snapshot (same config) when the secret source delivers new values, so rotated
+/// `upstream.extra_roots_sds` take effect without a restart.
+fn spawn_root_refresh(store: SecretStore, reloader: Arc<crate::reload::Reloader>) {
+    let mut changes = store.subscribe();
+    let stop = reloader.shared.draining.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            let current = (*reloader.shared.snapshot().config).clone();
+            if let Err(e) = reloader.apply(current) {
+                tracing::warn!(error = %e, "cannot refresh upstream trust roots from the secret source");
+            }
+        }
+    });
 }
 
 /// Revocations made by another process (CLI with --state-dir, another replica) take effect

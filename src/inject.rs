@@ -132,7 +132,7 @@ pub async fn apply(
     rule: Option<&Rule>,
     host: &Host,
     parts: &mut Parts,
-    ev: &mut AccessEvent,
+    _ev: &mut AccessEvent,
 ) -> Result<Option<HttpClient>, Refusal> {
     let shared = &s.ctx.shared;
     let dest = host.to_string();
@@ -249,7 +249,6 @@ pub async fn apply(
         &redacted,
     );
     shared.metrics.handle(label);
-    ev.error = None;
     outcome.map_err(|cause| refusal(Kind::CredentialUnavailable, &cause))
 }
 

@@ -18,6 +18,9 @@ pub fn init(cfg: &LogConfig) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.with_target(true).try_init(),
+        LogFormat::Text => builder
+            .with_target(true)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
 }

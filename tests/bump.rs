@@ -478,3 +478,51 @@ destinations:
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// Upstream trust roots delivered by the secret source (`validation_context`, as SPIRE and
+/// Istio agents serve them) verify re-originated TLS; without them the same upstream fails.
+#[tokio::test]
+async fn upstream_roots_from_the_secret_source() {
+    let pki = Pki::new("upstream test CA");
+    let leaf = pki.leaf(&["bump.test"]);
+    let (up, _seen) = start_upstream(Some(server_config(&leaf, &[b"http/1.1"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(pki.ca_path(), dir.path().join("up-ca.pem")).unwrap();
+    let secrets = write(
+        dir.path(),
+        "s.yaml",
+        "secrets:\n  up-roots: { trusted_ca: up-ca.pem }\n",
+    );
+    for (roots, expect_ok) in [("[up-roots]", true), ("[]", false)] {
+        let yaml = format!(
+            "state_dir: STATE_DIR
+upstream: {{ extra_roots_sds: {roots} }}
+secrets: {{ file: {} }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ bump.test: 127.0.0.1 }} }}
+destinations:
+  - {{ host: bump.test, ports: [{}], rung: bump }}
+",
+            secrets.display(),
+            up.port()
+        );
+        let proxy = Proxy::start(&yaml).await;
+        let env = Env {
+            pki: Pki::new("unused"),
+            up,
+            seen: Arc::new(Seen::default()),
+            proxy,
+        };
+        let (code, out, err) = curl_async(curl_args(
+            &env,
+            &["-D", "-"],
+            &format!("https://bump.test:{}/small", up.port()),
+        ))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        if expect_ok {
+            assert!(out.ends_with("hello"), "{out}");
+        } else {
+            assert!(out.contains("x-egress-edge-error: upstream_tls"), "{out}");
+        }
+    }
+}
