@@ -81,6 +81,9 @@ impl AdminAuth {
                             Arc::new(roots),
                             provider,
                         )
+                        // Probes and scrapers connect without a certificate; `/v1/*` still
+                        // requires one (or the token) in `authorize`.
+                        .allow_unauthenticated()
                         .build()
                         .map_err(|e| AdminError::Tls(format!("client_ca: {e}")))?;
                         builder.with_client_cert_verifier(verifier)
@@ -289,7 +292,9 @@ fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match presented {
         None => Err(fail(
             "token_missing",

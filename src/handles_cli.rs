@@ -2,7 +2,7 @@
 //!
 //! With `--state-dir` the CLI signs with the deployment key itself (a running proxy on the same
 //! state dir sees revocations within a second). With `--admin` it calls the admin API, sending
-//! the token from `--token-file` or `EGRESS_EDGE_ADMIN_TOKEN` when set.
+//! the token from `EGRESS_EDGE_ADMIN_TOKEN` when set.
 
 use std::time::Duration;
 

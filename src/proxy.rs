@@ -109,6 +109,9 @@ fn admit(
 
 async fn connect(req: Request<Incoming>, ctx: Arc<ConnCtx>, start: Instant) -> Response<Body> {
     let shared = &ctx.shared;
+    // Taken before the kill-switch check in `admit`: turning the switch on at any later moment
+    // cancels this token, so a tunnel admitted just before can never outlive it.
+    let kill = shared.kill.token();
     let snap = shared.snapshot();
     let authority = req.uri().authority().cloned();
     let mut ev = AccessEvent::new(Unit::Tunnel, ctx.client, "", 0);
@@ -151,7 +154,9 @@ async fn connect(req: Request<Incoming>, ctx: Arc<ConnCtx>, start: Instant) -> R
             let ctx2 = ctx.clone();
             shared.tasks.spawn(async move {
                 bumper
-                    .session(on_upgrade, ctx2, snap, host, port, decision, ev, start)
+                    .session(
+                        on_upgrade, ctx2, snap, host, port, decision, ev, start, kill,
+                    )
                     .await;
             });
             established()
@@ -185,6 +190,7 @@ async fn connect(req: Request<Incoming>, ctx: Arc<ConnCtx>, start: Instant) -> R
                     decision,
                     ev,
                     start,
+                    kill,
                 )
                 .await;
             });
@@ -226,6 +232,7 @@ async fn passthrough(
     decision: Decision,
     mut ev: AccessEvent,
     start: Instant,
+    kill: tokio_util::sync::CancellationToken,
 ) {
     let shared = &ctx.shared;
     let finish = |mut ev: AccessEvent, outcome: &str| {
@@ -273,7 +280,7 @@ async fn passthrough(
     let stops = Stops {
         idle: snap.config.proxy.idle_timeout,
         shutdown: shared.hard_stop.clone(),
-        kill: shared.kill.token(),
+        kill,
     };
     shared.metrics.active_tunnels.inc();
     let spliced = tunnel::splice(guest, upstream, &stops).await;

@@ -127,6 +127,7 @@ impl Bumper {
         decision: Decision,
         mut ev: AccessEvent,
         start: Instant,
+        kill: tokio_util::sync::CancellationToken,
     ) {
         let shared = ctx.shared.clone();
         let finish = |mut ev: AccessEvent, outcome: &str| {
@@ -197,7 +198,7 @@ impl Bumper {
             stops: Stops {
                 idle: snap.config.proxy.idle_timeout,
                 shutdown: shared.hard_stop.clone(),
-                kill: shared.kill.token(),
+                kill: kill.clone(),
             },
         });
         let svc = hyper::service::service_fn(move |req| request::handle(req, session.clone()));
@@ -212,7 +213,6 @@ impl Bumper {
             .timer(hyper_util::rt::TokioTimer::new())
             .max_header_list_size(snap.config.proxy.max_header_bytes as u32);
         shared.metrics.active_tunnels.inc();
-        let kill = shared.kill.token();
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         let outcome = tokio::select! {
