@@ -189,6 +189,14 @@ async fn handle_is_swapped_for_the_secret_and_rotation_applies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(rotated, "rotation never applied");
+    // Revoking a handle that was already redeemed takes effect on the next request.
+    let (status, _) = env
+        .proxy
+        .post("/v1/handles/revoke", r#"{"session":"sbx-1"}"#)
+        .await;
+    assert_eq!(status, 204);
+    let out = env.get("api.test", "/headers", &[&auth]).await;
+    assert_eq!(error_code(&out).as_deref(), Some("handle_revoked"), "{out}");
     let m = env.proxy.metrics().await;
     assert!(
         m.contains("egress_edge_handle_redemptions_total{result=\"redeemed\"}"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use http::{Request, header};
+use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +26,8 @@ pub enum Route {
     Direct,
     Tunnel,
     Bump,
+    /// Bump to a destination with a credential, a handle on every request.
+    BumpInject,
 }
 
 impl Route {
@@ -34,6 +36,7 @@ impl Route {
             Route::Direct => "direct",
             Route::Tunnel => "tunnel",
             Route::Bump => "bump",
+            Route::BumpInject => "bump+inject",
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Target {
     server_name: ServerName<'static>,
     /// `host:port` for the Host header / `:authority`.
     authority: String,
+    /// `Authorization` sent on every request, if any.
+    auth: Option<HeaderValue>,
     tls_h1: TlsConnector,
     tls_h2: TlsConnector,
 }
@@ -115,9 +120,19 @@ impl Target {
             server_name: ServerName::try_from(host.to_owned())
                 .map_err(|e| anyhow!("server name {host}: {e}"))?,
             authority,
+            auth: None,
             tls_h1: connector(roots, b"http/1.1")?,
             tls_h2: connector(roots, b"h2")?,
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every request (marked sensitive).
+    pub fn with_bearer(mut self, token: &str) -> Result<Target> {
+        let mut v = HeaderValue::try_from(format!("Bearer {token}"))
+            .context("the bearer token is not a valid header value")?;
+        v.set_sensitive(true);
+        self.auth = Some(v);
+        Ok(self)
     }
 
     /// TCP connect (+ CONNECT) + TLS handshake, end to end.
@@ -164,7 +179,7 @@ impl Target {
         let tls = self.open_tls(proto).await?;
         let hs = t0.elapsed();
         Ok((
-            Conn::handshake(tls, proto, self.authority.clone()).await?,
+            Conn::handshake(tls, proto, self.authority.clone(), self.auth.clone()).await?,
             hs,
         ))
     }
@@ -217,6 +232,7 @@ enum Sender {
 pub struct Conn {
     sender: Sender,
     authority: String,
+    auth: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -228,7 +244,12 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    async fn handshake(tls: TlsStream<TcpStream>, proto: Proto, authority: String) -> Result<Conn> {
+    async fn handshake(
+        tls: TlsStream<TcpStream>,
+        proto: Proto,
+        authority: String,
+        auth: Option<HeaderValue>,
+    ) -> Result<Conn> {
         let io = TokioIo::new(tls);
         let sender = match proto {
             Proto::H1 => {
@@ -246,22 +267,35 @@ impl Conn {
                 Sender::H2(s)
             }
         };
-        Ok(Conn { sender, authority })
+        Ok(Conn {
+            sender,
+            authority,
+            auth,
+        })
     }
 
     /// GETs `path`, drains the body and returns its length.
     pub async fn get(&mut self, path: &str) -> Result<usize> {
+        let with_auth = |mut req: Request<Empty<Bytes>>| {
+            if let Some(v) = &self.auth {
+                req.headers_mut().insert(header::AUTHORIZATION, v.clone());
+            }
+            req
+        };
         let resp = match &mut self.sender {
             Sender::H1(s) => {
-                let req = Request::get(path)
-                    .header(header::HOST, &self.authority)
-                    .body(Empty::new())?;
+                let req = with_auth(
+                    Request::get(path)
+                        .header(header::HOST, &self.authority)
+                        .body(Empty::new())?,
+                );
                 s.ready().await?;
                 s.send_request(req).await?
             }
             Sender::H2(s) => {
-                let req =
-                    Request::get(format!("https://{}{path}", self.authority)).body(Empty::new())?;
+                let req = with_auth(
+                    Request::get(format!("https://{}{path}", self.authority)).body(Empty::new())?,
+                );
                 s.ready().await?;
                 s.send_request(req).await?
             }
@@ -269,13 +303,21 @@ impl Conn {
         let status = resp.status();
         let mut body = resp.into_body();
         let mut len = 0usize;
+        // The start of an error body, to say why.
+        let mut why = Vec::new();
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame?.data_ref() {
                 len += data.len();
+                if !status.is_success() && why.len() < 200 {
+                    why.extend_from_slice(&data[..data.len().min(200 - why.len())]);
+                }
             }
         }
         if !status.is_success() {
-            bail!("GET {path}: status {status}");
+            bail!(
+                "GET {path}: status {status}: {:?}",
+                String::from_utf8_lossy(&why).trim()
+            );
         }
         Ok(len)
     }

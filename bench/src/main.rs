@@ -26,7 +26,7 @@ const USAGE: &str = "\
 egress-bench: egress-edge (tunnel and bump) vs direct, in-process on loopback
 
 usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns N]
-                    [--new-conns N] [--mints N] [--only LIST]
+                    [--new-conns N] [--mints N] [--verifies N] [--only LIST]
 
   --quick          1 s phases in 1 round, 200 ms warm-up
   --secs S         measured seconds per phase (default 4)        env EGRESS_BENCH_SECS
@@ -37,17 +37,21 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
   --conns N        keep-alive connections (default 16)           env EGRESS_BENCH_CONNS
   --new-conns N    new-connection workers (default 8)            env EGRESS_BENCH_NEW_CONNS
   --mints N        cold leaf mints (default 2000)                env EGRESS_BENCH_MINTS
-  --only LIST      comma-separated subset of: keepalive,h2,newconn,latency,throughput,mint
+  --verifies N     handle verify+authorize calls (default 20000) env EGRESS_BENCH_VERIFIES
+  --only LIST      comma-separated subset of:
+                   keepalive,h2,inject,newconn,latency,throughput,mint,verify
                                                                  env EGRESS_BENCH_ONLY
 ";
 
-const PHASES: [&str; 6] = [
+const PHASES: [&str; 8] = [
     "keepalive",
     "h2",
+    "inject",
     "newconn",
     "latency",
     "throughput",
     "mint",
+    "verify",
 ];
 
 #[derive(Debug)]
@@ -58,6 +62,7 @@ struct Args {
     conns: usize,
     new_conns: usize,
     mints: usize,
+    verifies: usize,
     only: Option<Vec<String>>,
 }
 
@@ -108,6 +113,7 @@ fn parse_args() -> Result<Option<Args>> {
         conns: 16,
         new_conns: 8,
         mints: 2000,
+        verifies: 20_000,
         only: None,
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
@@ -130,6 +136,9 @@ fn parse_args() -> Result<Option<Args>> {
     }
     if let Some(v) = env("EGRESS_BENCH_MINTS") {
         a.mints = parse_num("EGRESS_BENCH_MINTS", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_VERIFIES") {
+        a.verifies = parse_num("EGRESS_BENCH_VERIFIES", &v)?;
     }
     if let Some(v) = env("EGRESS_BENCH_ONLY") {
         a.only = Some(parse_only(&v)?);
@@ -158,6 +167,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--conns" => a.conns = parse_num("--conns", &value()?)?,
             "--new-conns" => a.new_conns = parse_num("--new-conns", &value()?)?,
             "--mints" => a.mints = parse_num("--mints", &value()?)?,
+            "--verifies" => a.verifies = parse_num("--verifies", &value()?)?,
             "--only" => a.only = Some(parse_only(&value()?)?),
             other => bail!("unknown argument `{other}`\n\n{USAGE}"),
         }
@@ -186,11 +196,23 @@ struct Report {
     sections: Vec<(String, Vec<Row>)>,
     failed: Vec<String>,
     with_errors: Vec<String>,
+    /// Prefix for the current section's `FAILED` / `ERRORS` lines, when its row labels repeat
+    /// another section's.
+    tag: Option<&'static str>,
 }
 
 impl Report {
     fn section(&mut self, title: String) {
         self.sections.push((title, Vec::new()));
+        self.tag = None;
+    }
+
+    /// A row's name in `FAILED` / `ERRORS` lines.
+    fn tagged(&self, label: &str) -> String {
+        match self.tag {
+            Some(t) => format!("{t}: {label}"),
+            None => label.to_owned(),
+        }
     }
 
     fn push(&mut self, row: Row) {
@@ -204,7 +226,7 @@ impl Report {
     }
 
     fn fail(&mut self, label: &str, e: &anyhow::Error) {
-        self.failed.push(format!("{label}: {e:#}"));
+        self.failed.push(format!("{}: {e:#}", self.tagged(label)));
         self.push(Row {
             label: label.to_owned(),
             value: "FAILED".to_owned(),
@@ -270,12 +292,22 @@ impl<'a> Base<'a> {
     }
 }
 
-fn ratio(x: f64, base: Base<'_>) -> String {
+fn ratio_part(x: f64, base: Base<'_>) -> String {
     match base {
-        Base::Is => "(baseline)".to_owned(),
-        Base::Vs(Some(b), name) if b > 0.0 => format!("({:.2}x {name})", x / b),
-        Base::Vs(_, name) => format!("(no {name} baseline)"),
+        Base::Is => "baseline".to_owned(),
+        Base::Vs(Some(b), name) if b > 0.0 => format!("{:.2}x {name}", x / b),
+        Base::Vs(_, name) => format!("no {name} baseline"),
     }
+}
+
+fn ratio(x: f64, base: Base<'_>) -> String {
+    ratios(x, &[base])
+}
+
+/// `(0.93x bump, 0.55x direct)`.
+fn ratios(x: f64, bases: &[Base<'_>]) -> String {
+    let parts: Vec<String> = bases.iter().map(|b| ratio_part(x, *b)).collect();
+    format!("({})", parts.join(", "))
 }
 
 fn p50_p99(sorted: &[u32]) -> (String, String) {
@@ -290,9 +322,10 @@ fn errors_note(label: &str, r: &PhaseResult, report: &mut Report) -> String {
         return String::new();
     }
     let first = r.first_err.clone().unwrap_or_default();
+    let name = report.tagged(label);
     report
         .with_errors
-        .push(format!("{label}: {} errors, first: {first}", r.errors));
+        .push(format!("{name}: {} errors, first: {first}", r.errors));
     format!(" [{} errors; first: {first}]", r.errors)
 }
 
@@ -320,13 +353,14 @@ const MBS: Metric = Metric {
     with_latency: false,
 };
 
-/// A throughput-like row (higher is better); returns the value for use as a baseline.
+/// A throughput-like row (higher is better), compared with each of `bases`; returns the value
+/// for use as a baseline.
 fn rate_row(
     report: &mut Report,
     label: &str,
     res: Result<PhaseResult>,
     m: Metric,
-    base: Base<'_>,
+    bases: &[Base<'_>],
 ) -> Option<f64> {
     let Metric {
         unit,
@@ -352,7 +386,7 @@ fn rate_row(
                 value: fmt_v,
                 p50,
                 p99,
-                note: format!("{}{errs}", ratio(v, base)),
+                note: format!("{}{errs}", ratios(v, bases)),
             });
             Some(v)
         }
@@ -504,7 +538,9 @@ async fn run() -> Result<bool> {
     // The proxy.
     let state_dir = scratch.0.join("state");
     std::fs::create_dir_all(&state_dir)?;
-    let proxy = proxy::Proxy::start(state_dir, &upstream_ca_path, upstream.port()).await?;
+    let secrets_file = scratch.0.join("secrets.yaml");
+    let proxy =
+        proxy::Proxy::start(state_dir, &secrets_file, &upstream_ca_path, upstream.port()).await?;
     let bump_ca = CertificateDer::from_pem_slice(proxy.bump_ca_pem.as_bytes())
         .map_err(|e| anyhow!("parsing the bump CA PEM: {e}"))?;
 
@@ -532,6 +568,28 @@ async fn run() -> Result<bool> {
         &bump_roots,
     )?;
     let targets = [&direct, &tunnel, &bump];
+    // bump+inject: a handle minted through the admin API, sent on every request to
+    // inject.test, where the proxy verifies it and swaps in the `bench-key` secret.
+    let inject = if args.wants("inject") {
+        let t = async {
+            let handle = proxy.mint_handle().await?;
+            Target::new(
+                Route::BumpInject,
+                upstream::INJECT_HOST,
+                upstream,
+                Some(proxy.addr),
+                &bump_roots,
+            )?
+            .with_bearer(&handle)
+        }
+        .await;
+        if let Err(e) = &t {
+            eprintln!("bench: setting up bump+inject failed: {e:#}");
+        }
+        Some(t)
+    } else {
+        None
+    };
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -559,7 +617,8 @@ async fn run() -> Result<bool> {
     );
 
     // Smoke check every path once, so a broken path reports its error up front.
-    for target in targets {
+    let inject_ok = inject.as_ref().and_then(|t| t.as_ref().ok());
+    for target in targets.iter().copied().chain(inject_ok) {
         let r = async {
             let mut c = target.open(Proto::H1).await?;
             let n = c.get("/small").await?;
@@ -588,7 +647,7 @@ async fn run() -> Result<bool> {
         let mut base = Base::Vs(None, "direct");
         for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} keep-alive", target.route.label());
-            let v = rate_row(&mut report, &label, res, REQS, base.for_target(target));
+            let v = rate_row(&mut report, &label, res, REQS, &[base.for_target(target)]);
             base = base.after(target, v, "direct");
         }
     }
@@ -605,8 +664,45 @@ async fn run() -> Result<bool> {
         let mut base = Base::Vs(None, "direct h2");
         for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} keep-alive h2", target.route.label());
-            let v = rate_row(&mut report, &label, res, REQS, base.for_target(target));
+            let v = rate_row(&mut report, &label, res, REQS, &[base.for_target(target)]);
             base = base.after(target, v, "direct h2");
+        }
+    }
+
+    if let Some(inject) = &inject {
+        report.section(format!(
+            "bump with injection vs without: keep-alive GET /small, HTTP/1.1, {} connections, one \
+             request in flight each; bump+inject sends a handle on every request and the proxy \
+             verifies it and injects the secret",
+            args.conns
+        ));
+        report.tag = Some("inject section");
+        match inject {
+            Ok(inject) => {
+                let cmp = [&direct, &bump, inject];
+                let results = interleaved(args.rounds, &cmp, "keep-alive (inject section)", |tg| {
+                    phases::keep_alive(tg, Proto::H1, args.conns, t)
+                })
+                .await;
+                let mut results = results.into_iter();
+                let mut next = || results.next().unwrap_or_else(|| Err(anyhow!("not run")));
+                let d = rate_row(&mut report, "direct keep-alive", next(), REQS, &[Base::Is]);
+                let b = rate_row(
+                    &mut report,
+                    "bump keep-alive",
+                    next(),
+                    REQS,
+                    &[Base::Vs(d, "direct")],
+                );
+                rate_row(
+                    &mut report,
+                    "bump+inject keep-alive",
+                    next(),
+                    REQS,
+                    &[Base::Vs(b, "bump"), Base::Vs(d, "direct")],
+                );
+            }
+            Err(e) => report.fail("bump+inject keep-alive", e),
         }
     }
 
@@ -623,7 +719,7 @@ async fn run() -> Result<bool> {
         let mut base = Base::Vs(None, "direct");
         for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} new-connection", target.route.label());
-            let v = rate_row(&mut report, &label, res, CONNS, base.for_target(target));
+            let v = rate_row(&mut report, &label, res, CONNS, &[base.for_target(target)]);
             base = base.after(target, v, "direct");
         }
     }
@@ -657,7 +753,7 @@ async fn run() -> Result<bool> {
         let mut base = Base::Vs(None, "direct");
         for (target, res) in targets.iter().copied().zip(results) {
             let label = format!("{} /large", target.route.label());
-            let v = rate_row(&mut report, &label, res, MBS, base.for_target(target));
+            let v = rate_row(&mut report, &label, res, MBS, &[base.for_target(target)]);
             base = base.after(target, v, "direct");
         }
     }
@@ -684,11 +780,40 @@ async fn run() -> Result<bool> {
         }
     }
 
+    if args.wants("verify") && args.verifies > 0 {
+        report.section(format!(
+            "handle verification: HandleAuthority::verify + Claims::authorize on one handle, {} calls, \
+             one thread",
+            args.verifies
+        ));
+        let label = "handle verify+authorize";
+        eprintln!("bench: running {label}");
+        match phases::verify(scratch.0.join("handle-verify"), args.verifies).await {
+            Ok((samples_ns, total)) => {
+                let us = |p: f64| {
+                    pct(&samples_ns, p).map_or_else(
+                        || "-".to_owned(),
+                        |ns| format!("{:.1} µs", f64::from(ns) / 1000.0),
+                    )
+                };
+                report.push(Row {
+                    label: label.to_owned(),
+                    value: format!("{:.0} calls/s", per_sec(samples_ns.len() as f64, total)),
+                    p50: format!("p50 {:>8}", us(50.0)),
+                    p99: format!("p99 {:>8}", us(99.0)),
+                    note: "(no baseline: pure CPU)".to_owned(),
+                });
+            }
+            Err(e) => report.fail(label, &e),
+        }
+    }
+
     proxy.shutdown().await;
     report.print();
     println!();
     println!(
-        "ratios are against the direct row of the same section, same run; total {:.0} s; load average now {}",
+        "ratios are against the direct row (bump+inject: also the bump row) of the same section, same run; \
+         total {:.0} s; load average now {}",
         began.elapsed().as_secs_f64(),
         loadavg()
     );

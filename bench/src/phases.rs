@@ -1,7 +1,7 @@
 //! The measured phases. Each runs its workers for a warm-up plus a fixed window and returns
 //! merged samples; nothing here judges the numbers.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::future::join_all;
@@ -200,4 +200,56 @@ pub async fn mint(count: usize) -> Result<(Vec<u32>, Duration)> {
     })
     .await
     .map_err(|e| anyhow!("mint task: {e}"))?
+}
+
+/// Saturating nanoseconds.
+fn nanos(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// Handle verification: a fresh `HandleAuthority` in `dir`, one handle minted for `bench-key`
+/// on `inject.test`, then `count` calls of `verify` (at `SystemTime::now()`) followed by
+/// `authorize("bench-key", "inject.test", "GET", "/small")`, one at a time. Returns sorted
+/// per-call samples in **nanoseconds** and the total time.
+pub async fn verify(dir: std::path::PathBuf, count: usize) -> Result<(Vec<u32>, Duration)> {
+    tokio::task::spawn_blocking(move || -> Result<(Vec<u32>, Duration)> {
+        let auth = egress_handle::HandleAuthority::open(&dir, Duration::from_secs(3600))
+            .with_context(|| format!("opening a handle authority in {}", dir.display()))?;
+        let minted = auth
+            .mint(&egress_handle::MintRequest {
+                credentials: vec!["bench-key".into()],
+                ttl: Duration::from_secs(600),
+                session: Some("bench".into()),
+                host: Some("inject.test".into()),
+                methods: None,
+                path_prefixes: None,
+            })
+            .context("minting the bench handle")?;
+        let handle = minted.handle.as_str();
+        let call = || -> Result<()> {
+            let claims = auth
+                .verify(handle, SystemTime::now())
+                .context("verify refused the bench handle")?;
+            claims
+                .authorize("bench-key", "inject.test", "GET", "/small")
+                .context("authorize refused the bench handle")?;
+            Ok(())
+        };
+        // Warm the code path (and allocator).
+        for _ in 0..(count / 10).clamp(10, 1000) {
+            call()?;
+        }
+        let mut samples = Vec::with_capacity(count);
+        let all = Instant::now();
+        for _ in 0..count {
+            let t0 = Instant::now();
+            call()?;
+            samples.push(nanos(t0.elapsed()));
+        }
+        let total = all.elapsed();
+        samples.sort_unstable();
+        Ok((samples, total))
+    })
+    .await
+    .map_err(|e| anyhow!("verify task: {e}"))?
 }

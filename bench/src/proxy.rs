@@ -1,12 +1,18 @@
-//! egress-edge, started in-process on loopback with two destinations on the same upstream:
-//! `upstream.test` (passthrough) and `bump.test` (bump).
+//! egress-edge, started in-process on loopback with three destinations on the same upstream:
+//! `upstream.test` (passthrough), `bump.test` (bump) and `inject.test` (bump with a header
+//! credential, `bench-key`, from a secrets file in the scratch dir).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use egress_edge::app::{AdminListener, App, BuildOptions, Listeners};
-use tokio::net::TcpListener;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -33,31 +39,69 @@ fn yaml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
-pub fn config_yaml(state_dir: &Path, upstream_ca: &Path, upstream_port: u16) -> String {
+/// The secret name `inject.test`'s credential uses.
+pub const INJECT_SECRET_NAME: &str = "bench-key";
+
+/// The secrets file: `bench-key` holds the value the upstream expects for `inject.test`.
+pub fn secrets_yaml() -> String {
+    format!(
+        "secrets:\n  {INJECT_SECRET_NAME}: {{ value: {} }}\n",
+        crate::upstream::INJECTED_SECRET
+    )
+}
+
+pub fn config_yaml(
+    state_dir: &Path,
+    secrets_file: &Path,
+    upstream_ca: &Path,
+    upstream_port: u16,
+) -> String {
     format!(
         "proxy: {{ listen: 127.0.0.1:0, shutdown_grace: 1s }}
 admin: {{ listen: 127.0.0.1:0 }}
 state_dir: {state}
+secrets: {{ file: {secrets} }}
 upstream: {{ extra_roots: [{roots}] }}
-network: {{ allow: [127.0.0.1/32], hosts: {{ upstream.test: 127.0.0.1, bump.test: 127.0.0.1 }} }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ upstream.test: 127.0.0.1, bump.test: 127.0.0.1, {inject}: 127.0.0.1 }} }}
 destinations:
   - {{ host: upstream.test, ports: [{port}], rung: passthrough }}
   - {{ host: bump.test, ports: [{port}], rung: bump }}
+  - {{ host: {inject}, ports: [{port}], credential: {{ secret: {INJECT_SECRET_NAME} }} }}
 default_rung: deny
 ",
         state = yaml_path(state_dir),
+        secrets = yaml_path(secrets_file),
         roots = yaml_path(upstream_ca),
         port = upstream_port,
+        inject = crate::upstream::INJECT_HOST,
     )
 }
 
+/// Writes a file readable by its owner only (it holds a (fake) secret).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 impl Proxy {
+    /// Writes `secrets_file`, then builds and starts the proxy.
     pub async fn start(
         state_dir: PathBuf,
+        secrets_file: &Path,
         upstream_ca: &Path,
         upstream_port: u16,
     ) -> Result<Proxy> {
-        let yaml = config_yaml(&state_dir, upstream_ca, upstream_port);
+        write_private(secrets_file, &secrets_yaml())?;
+        let yaml = config_yaml(&state_dir, secrets_file, upstream_ca, upstream_port);
         let config = egress_edge::config::parse_str(&yaml, "bench")
             .with_context(|| format!("parsing the bench config:\n{yaml}"))?;
         let proxy = TcpListener::bind("127.0.0.1:0").await?;
@@ -90,6 +134,43 @@ impl Proxy {
             stop: Some(stop),
             task: Some(task),
         })
+    }
+
+    /// Mints a handle for `bench-key` through the admin API (`POST /v1/handles`).
+    pub async fn mint_handle(&self) -> Result<String> {
+        let admin = self.admin.context("the proxy has no admin listener")?;
+        let body = format!(r#"{{"credentials":["{INJECT_SECRET_NAME}"],"ttl":"30m"}}"#);
+        let tcp = TcpStream::connect(admin)
+            .await
+            .with_context(|| format!("connecting to the admin API at {admin}"))?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::post("/v1/handles")
+            .header(header::HOST, admin.to_string())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let resp = sender.send_request(req).await.context("POST /v1/handles")?;
+        let status = resp.status();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the POST /v1/handles response")?
+            .to_bytes();
+        if !status.is_success() {
+            bail!(
+                "POST /v1/handles: status {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).context("POST /v1/handles: response is not JSON")?;
+        match v.get("handle").and_then(|h| h.as_str()) {
+            Some(h) if egress_handle::looks_like_handle(h) => Ok(h.to_owned()),
+            _ => bail!("POST /v1/handles: no handle in the response"),
+        }
     }
 
     /// Asks the proxy to stop and waits (bounded) for it to drain.

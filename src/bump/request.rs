@@ -102,11 +102,11 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
             return Ok(refuse(shared, ev, &r, start));
         }
     };
-    // The upstream connection's protocol is negotiated separately from the guest's.
+    // The upstream connection's protocol is negotiated separately from the guest's. The
+    // client derives Host (HTTP/1.1) or :authority (HTTP/2) from the URI; a Host header next
+    // to :authority is a duplicate that servers such as nginx reject with 400.
     parts.version = http::Version::HTTP_11;
-    if let Ok(v) = HeaderValue::from_str(&authority) {
-        parts.headers.insert(header::HOST, v);
-    }
+    parts.headers.remove(header::HOST);
     if let (Some(token), Some(guest_upgrade)) = (upgrade, guest_upgrade) {
         parts
             .headers
