@@ -73,6 +73,10 @@ pub fn http_client(config: &Config, connector: UpstreamConnector) -> HttpClient 
         .pool_idle_timeout(config.upstream.pool_idle_timeout)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
+        // Streamed downloads over an HTTP/2 upstream are window-bound with the defaults; let
+        // the window follow the bandwidth-delay product and carry larger frames.
+        .http2_adaptive_window(true)
+        .http2_max_frame_size(256 * 1024)
         .build(connector)
 }
 
