@@ -86,23 +86,6 @@ fn admin_client(roots: rustls::RootCertStore, cert: Option<&Leaf>) -> Arc<rustls
 
 type Resp = (u16, Vec<(String, String)>, String);
 
-/// Parses a whole HTTP/1.1 response (`Connection: close`, so the body runs to EOF).
-fn parse_response(raw: &[u8]) -> Resp {
-    let text = String::from_utf8_lossy(raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
 /// One HTTPS request to the admin listener. `Err` when the TLS handshake or the exchange
 /// fails (a refused client certificate surfaces here: with TLS 1.3 the client finishes its
 /// side of the handshake and then reads the server's alert).
