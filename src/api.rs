@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::admin::{error, json};
 use crate::bump::Bumper;
-use crate::config::{Config, SecretsConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::refusal::Body;
 use crate::state::Shared;
@@ -72,19 +72,16 @@ impl Api {
         secrets: Option<SecretStore>,
         handles: Arc<egress_handle::HandleAuthority>,
         config: &Config,
-    ) -> Result<Api, String> {
-        let initial_fetch_timeout = config.secrets.as_ref().map_or(
-            Duration::from_secs(10),
-            SecretsConfig::initial_fetch_timeout,
-        );
-        Ok(Api {
+    ) -> Api {
+        let initial_fetch_timeout = config.secret_wait();
+        Api {
             ca,
             bumper,
             secrets,
             handles,
             initial_fetch_timeout,
             sampled: Sampled::default(),
-        })
+        }
     }
 
     pub fn register_metrics(&self, metrics: &Metrics) {

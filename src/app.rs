@@ -216,10 +216,7 @@ async fn load_ca_inner(
                     msg: "needs a secrets source".into(),
                 });
             };
-            let timeout = config.secrets.as_ref().map_or(
-                Duration::from_secs(10),
-                SecretsConfig::initial_fetch_timeout,
-            );
+            let timeout = config.secret_wait();
             let v = store
                 .wait(secret, timeout)
                 .await
@@ -359,10 +356,7 @@ impl App {
         if let Some(store) = &secrets {
             // Trust roots from the secret source must be there before the first re-originated
             // request; if they never arrive, verification against them fails (closed).
-            let timeout = config.secrets.as_ref().map_or(
-                Duration::from_secs(10),
-                SecretsConfig::initial_fetch_timeout,
-            );
+            let timeout = config.secret_wait();
             for name in &config.upstream.extra_roots_sds {
                 if store.wait(name, timeout).await.is_err() {
                     tracing::warn!(secret = %name, "upstream.extra_roots_sds: not delivered yet; upstreams it would verify fail until it arrives");
@@ -384,10 +378,7 @@ impl App {
                 .map_err(|e| AppError::Handles(e.to_string()))?,
             )
         };
-        let fetch_timeout = config.secrets.as_ref().map_or(
-            Duration::from_secs(10),
-            SecretsConfig::initial_fetch_timeout,
-        );
+        let fetch_timeout = config.secret_wait();
         let injector = Arc::new(crate::inject::Injector::new(
             handles.clone(),
             secrets.clone(),
@@ -405,8 +396,7 @@ impl App {
         if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
             spawn_root_refresh(store.clone(), reloader.clone());
         }
-        let api =
-            Api::new(ca, bumper.clone(), secrets, handles, &config).map_err(AppError::Handles)?;
+        let api = Api::new(ca, bumper.clone(), secrets, handles, &config);
         api.register_metrics(&shared.metrics);
         let admin_ctx = Arc::new(AdminCtx {
             shared: shared.clone(),

@@ -51,14 +51,7 @@ pub async fn relay(
     let rule = relay.event.rule.clone().unwrap_or_default();
     let resp = match result {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            let refusal = match find_connect_error(&e) {
-                Some(c) => from_connect(c, &host, port, &rule),
-                None => Refusal::new(Kind::UpstreamConnect, host, port, rule)
-                    .with_cause(error_chain(&e)),
-            };
-            return Err((refusal, relay.event));
-        }
+        Ok(Err(e)) => return Err((from_client_error(&e, &host, port, &rule), relay.event)),
         Err(_) => {
             let cause = format!("no response headers within {:?}", relay.response_timeout);
             return Err((
@@ -90,6 +83,20 @@ pub async fn relay(
         ev.emit(relay.start.elapsed());
     });
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Maps a pooled-client failure: our connect error when there is one, else `upstream_connect`
+/// with the whole error chain.
+pub fn from_client_error(
+    e: &(dyn std::error::Error + 'static),
+    host: &str,
+    port: u16,
+    rule: &str,
+) -> Refusal {
+    match find_connect_error(e) {
+        Some(c) => from_connect(c, host, port, rule),
+        None => Refusal::new(Kind::UpstreamConnect, host, port, rule).with_cause(error_chain(e)),
+    }
 }
 
 /// Maps an upstream connection failure to the guest-facing refusal.

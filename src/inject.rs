@@ -23,6 +23,7 @@ use crate::access_log::AccessEvent;
 use crate::bump::Session;
 use crate::config::Credential;
 use crate::host::Host;
+use crate::metrics::Metrics;
 use crate::oauth::OauthTokens;
 use crate::policy::Rule;
 use crate::refusal::{Kind, Refusal};
@@ -97,25 +98,46 @@ fn handles_in(parts: &Parts) -> Vec<(Option<http::HeaderName>, String)> {
 /// Refuses any request that carries a handle on a path where no credential can apply
 /// (absolute-form plain HTTP): a handle never reaches an upstream.
 pub fn refuse_stray_handles(
+    metrics: &Metrics,
     parts: &Parts,
     host: &str,
     port: u16,
     rule: &str,
 ) -> Result<(), Refusal> {
-    let found = handles_in(parts);
-    if let Some((_, h)) = found.first() {
-        audit(
-            None,
-            None,
+    match handles_in(parts).first() {
+        Some((_, h)) => Err(exfiltration(
+            metrics,
+            h,
             "",
-            host,
-            "exfiltration_attempt",
-            &egress_handle::redact(h),
-        );
-        return Err(Refusal::new(Kind::HandleOutOfScope, host, port, rule)
-            .with_cause("a credential handle was sent to a destination that holds no credential"));
+            Refusal::new(Kind::HandleOutOfScope, host, port, rule),
+            NO_CREDENTIAL,
+        )),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+const NO_CREDENTIAL: &str =
+    "a credential handle was sent to a destination that holds no credential";
+
+/// Audits and counts a handle found where it can never be redeemed, and returns the
+/// `handle_out_of_scope` refusal (`base`) with its cause.
+fn exfiltration(
+    metrics: &Metrics,
+    handle: &str,
+    credential: &str,
+    base: Refusal,
+    cause: &str,
+) -> Refusal {
+    audit(
+        None,
+        None,
+        credential,
+        &base.host,
+        "exfiltration_attempt",
+        &egress_handle::redact(handle),
+    );
+    metrics.handle("exfiltration_attempt");
+    base.with_cause(cause)
 }
 
 fn audit(
@@ -165,18 +187,12 @@ pub async fn apply(
     let credential = rule.and_then(|r| r.credential.as_ref());
     let Some(credential) = credential else {
         if let Some((_, h)) = found.first() {
-            audit(
-                None,
-                None,
+            return Err(exfiltration(
+                &shared.metrics,
+                h,
                 "",
-                &dest,
-                "exfiltration_attempt",
-                &egress_handle::redact(h),
-            );
-            shared.metrics.handle("exfiltration_attempt");
-            return Err(refusal(
-                Kind::HandleOutOfScope,
-                "a credential handle was sent to a destination that holds no credential",
+                refusal(Kind::HandleOutOfScope, ""),
+                NO_CREDENTIAL,
             ));
         }
         return Ok(None);
@@ -197,17 +213,12 @@ pub async fn apply(
             None => where_.is_some(),
         });
     if let Some((_, h)) = stray.first() {
-        audit(
-            None,
-            None,
+        let base = refusal(Kind::HandleOutOfScope, "");
+        return Err(exfiltration(
+            &shared.metrics,
+            h,
             secret_name,
-            &dest,
-            "exfiltration_attempt",
-            &egress_handle::redact(h),
-        );
-        shared.metrics.handle("exfiltration_attempt");
-        return Err(refusal(
-            Kind::HandleOutOfScope,
+            base,
             "a handle was sent outside the credential's header",
         ));
     }

@@ -238,6 +238,22 @@ impl Policy {
         }
     }
 
+    /// `Ok` when `host` falls under the same rule as `decision` (the SNI and every request
+    /// host of a session must); otherwise the id of the rule it falls under.
+    pub fn same_rule_as(
+        &self,
+        host: &Host,
+        port: u16,
+        decision: &Decision,
+    ) -> Result<(), Arc<str>> {
+        let d = self.decide(host, port, Scheme::Connect);
+        if d.same_rule(decision) {
+            Ok(())
+        } else {
+            Err(d.rule_id)
+        }
+    }
+
     /// True when some destination could be bumped (a bump rule, or a bump default).
     pub fn has_bump(&self) -> bool {
         self.default_rung == Rung::Bump || self.rules.iter().any(|r| r.rung == Rung::Bump)

@@ -301,13 +301,15 @@ pub fn check_sni(
         return Err("the ClientHello carries no server name (SNI)".to_owned());
     };
     let host = Host::parse(sni).map_err(|e| format!("invalid SNI: {e}"))?;
-    let by_sni = snap.config.policy.decide(&host, port, Scheme::Connect);
-    if !by_sni.same_rule(decision) {
-        return Err(format!(
-            "SNI {host} falls under rule `{}`, not `{}` that allowed the CONNECT host",
-            by_sni.rule_id, decision.rule_id
-        ));
-    }
+    snap.config
+        .policy
+        .same_rule_as(&host, port, decision)
+        .map_err(|other| {
+            format!(
+                "SNI {host} falls under rule `{other}`, not `{}` that allowed the CONNECT host",
+                decision.rule_id
+            )
+        })?;
     Ok(host)
 }
 
@@ -342,8 +344,13 @@ async fn plain(req: Request<Incoming>, ctx: Arc<ConnCtx>, start: Instant) -> Res
         Err(r) => return refuse(shared, ev, &r, start),
     };
     let (mut parts, body) = req.into_parts();
-    if let Err(r) = crate::inject::refuse_stray_handles(&parts, &ev.host, port, &decision.rule_id) {
-        shared.metrics.handle("exfiltration_attempt");
+    if let Err(r) = crate::inject::refuse_stray_handles(
+        &shared.metrics,
+        &parts,
+        &ev.host,
+        port,
+        &decision.rule_id,
+    ) {
         return refuse(shared, ev, &r, start);
     }
     if decision.rung == Rung::Bump

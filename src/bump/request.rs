@@ -18,7 +18,7 @@ use crate::forward::{self, Relay};
 use crate::hop;
 use crate::host::Host;
 use crate::inject;
-use crate::policy::{Decision, Rung, Scheme};
+use crate::policy::{Decision, Rung};
 use crate::proxy::{ConnCtx, refuse};
 use crate::refusal::{Body, Kind, Refusal};
 use crate::state::Snapshot;
@@ -170,13 +170,16 @@ fn request_host(req: &Request<Incoming>, s: &Session) -> Result<Host, String> {
         ));
     }
     let host = Host::parse(authority.host()).map_err(|e| e.to_string())?;
-    let d = s.snap.config.policy.decide(&host, s.port, Scheme::Connect);
-    if !d.same_rule(&s.decision) {
-        return Err(format!(
-            "{host} falls under rule `{}`, not `{}`",
-            d.rule_id, s.decision.rule_id
-        ));
-    }
+    s.snap
+        .config
+        .policy
+        .same_rule_as(&host, s.port, &s.decision)
+        .map_err(|other| {
+            format!(
+                "{host} falls under rule `{other}`, not `{}`",
+                s.decision.rule_id
+            )
+        })?;
     Ok(host)
 }
 
@@ -198,11 +201,7 @@ async fn upgrade_relay(
     let mut resp = match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let r = match crate::upstream::find_connect_error(&e) {
-                Some(c) => forward::from_connect(c, &ev.host, s.port, &rule),
-                None => Refusal::new(Kind::UpstreamConnect, ev.host.clone(), s.port, &*rule)
-                    .with_cause(e.to_string()),
-            };
+            let r = forward::from_client_error(&e, &ev.host, s.port, &rule);
             return refuse(&shared, ev, &r, start);
         }
         Err(_) => {

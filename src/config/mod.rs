@@ -250,6 +250,14 @@ impl Config {
         names
     }
 
+    /// How long a request (or startup) waits for a referenced secret; 10s with no source.
+    pub fn secret_wait(&self) -> Duration {
+        self.secrets.as_ref().map_or(
+            Duration::from_secs(10),
+            SecretsConfig::initial_fetch_timeout,
+        )
+    }
+
     /// Resolves a normalized name through `network.hosts`.
     pub fn static_host(&self, host: &Host) -> Option<&[IpAddr]> {
         host.as_name()
