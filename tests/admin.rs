@@ -1285,29 +1285,6 @@ default_rung: deny
     (pki, up, proxy)
 }
 
-/// Opens a tunnel and completes one keep-alive request on it.
-async fn open_tunnel(
-    proxy: &Proxy,
-    pki: &Pki,
-    up: SocketAddr,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut tls = tls_through(
-        proxy.addr,
-        &format!("upstream.test:{}", up.port()),
-        "upstream.test",
-        client_config(pki.roots(), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
-    tls.write_all(b"GET /small HTTP/1.1\r\nHost: upstream.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tls.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
-    tls
-}
-
 #[tokio::test]
 async fn kill_switch_closes_tunnels_and_refuses_new_egress() {
     let (pki, up, proxy) = passthrough_env().await;

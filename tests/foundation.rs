@@ -364,20 +364,8 @@ destinations:
         t0.elapsed()
     );
     // Idle timeout: a working TLS session that then goes quiet.
-    let mut tls = tls_through(
-        proxy.addr,
-        &target,
-        "upstream.test",
-        client_config(pki.roots(), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
-    tls.write_all(b"GET /small HTTP/1.1\r\nHost: upstream.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tls.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
+    let mut tls = open_tunnel(&proxy, &pki, up).await;
+    let mut buf = vec![0u8; 16];
     let t0 = Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
         .await

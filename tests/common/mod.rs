@@ -620,3 +620,26 @@ pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// Opens a pass-through tunnel to `upstream.test` and completes one keep-alive request on it.
+pub async fn open_tunnel(
+    proxy: &Proxy,
+    pki: &Pki,
+    up: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = tls_through(
+        proxy.addr,
+        &format!("upstream.test:{}", up.port()),
+        "upstream.test",
+        client_config(pki.roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    tls.write_all(b"GET /small HTTP/1.1\r\nHost: upstream.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
+    tls
+}
