@@ -1,49 +1,36 @@
 //! egress-edge: the egress proxy for sandboxes.
 //!
-//! Pipeline stages, one module each (a connection flows top to bottom):
+//! The data path reads one way; each stage is a folder that says what it does and does not do:
 //!
 //! | stage | module | does |
 //! | --- | --- | --- |
-//! | listener | [`listener`] | accepts guest connections, limits, drains on shutdown |
-//! | request | [`proxy`] | CONNECT / absolute-form dispatch, the per-request ladder |
+//! | frontend | [`frontend`] | accepts guest connections; CONNECT / absolute-form become a typed target |
 //! | policy | [`policy`] | pure decision: rung + rule for (host, port, scheme) |
-//! | upstream dial | [`dial`] | resolve, vet every address ([`netguard`]), connect |
-//! | pass-through | [`sni`], [`tunnel`] | ClientHello SNI check, byte splicing |
-//! | bump | [`bump`] | guest TLS termination, per-request host checks |
-//! | inject | [`inject`] | handles swapped for credentials |
-//! | re-origination | [`forward`], [`upstream`] | pooled, verified upstream requests |
+//! | dial | [`net`] | resolve, vet every address against the deny set, connect to the vetted one |
+//! | rung | [`rung`] | pass-through (SNI check, splice) or bump (guest TLS terminated) |
+//! | credential | [`credential`] | handles swapped for credentials, OAuth2, mTLS client certificates |
+//! | upstream | [`upstream`] | verified TLS, pooled clients, request relay, byte splicing |
 //!
-//! Around them: [`config`] (raw → typed), [`host`] (normalization), [`refusal`] (the one
-//! error-to-response mapping), [`access_log`], [`metrics`], [`admin`] + [`api`], [`app`]
-//! (assembly and lifecycle), [`state`] (shared snapshot, kill switch).
+//! Around them: [`config`] (raw YAML → typed config), [`refusal`] (the one error-to-response
+//! mapping), [`observe`] (access log, metrics, logging), [`state`] (snapshot, kill switch,
+//! reload), [`admin`] (admin listener and API), [`app`] (assembly and lifecycle), [`cli`].
 
-pub mod access_log;
 pub mod admin;
-pub mod api;
 pub mod app;
-pub mod bump;
+mod body;
 pub mod cli;
 pub mod config;
-pub mod dial;
-pub mod forward;
-pub mod handles_cli;
-pub mod hop;
-pub mod host;
-pub mod inject;
-pub mod listener;
-pub mod logging;
-pub mod metered;
-pub mod metrics;
-pub mod netguard;
-pub mod oauth;
-pub mod pem;
-pub mod policy;
-pub mod proxy;
-pub mod refusal;
-pub mod reload;
-pub mod sni;
+mod context;
+mod credential;
+mod crypto;
+mod frontend;
+pub mod net;
+pub mod observe;
+mod pem;
+mod policy;
+mod refusal;
+mod rung;
 pub mod state;
-pub mod tunnel;
-pub mod upstream;
+mod upstream;
 
 pub use app::{App, BuildOptions, Listeners};

@@ -55,6 +55,17 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Exit code by error class: configuration problems 1, failures of the environment 2.
+impl From<egress_edge::app::AppError> for Failure {
+    fn from(e: egress_edge::app::AppError) -> Self {
+        if e.is_runtime() {
+            Failure::Runtime(e.into())
+        } else {
+            Failure::Config(e.to_string())
+        }
+    }
+}
+
 fn load(path: Option<&std::path::Path>) -> Result<Config, Failure> {
     match path {
         Some(p) => config::load_file(p),
@@ -73,7 +84,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let c = load(Some(&config))?;
             // Referenced files are part of validity: a config whose CA or roots cannot load
             // would fail at `run`.
-            egress_edge::app::check_files(&c).map_err(Failure::Config)?;
+            egress_edge::app::check_files(&c)?;
             println!(
                 "{}: ok ({} destinations, default rung {})",
                 config.display(),
@@ -94,7 +105,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Handle(cmd) => handle(cmd).await,
-        Command::Health { admin } => egress_edge::handles_cli::health(&admin)
+        Command::Health { admin } => egress_edge::cli::health::health(&admin)
             .await
             .map_err(|e| Failure::Runtime(anyhow::anyhow!(e))),
         Command::Sds(SdsCommand::Serve {
@@ -104,7 +115,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             tls_key,
             client_ca,
         }) => {
-            egress_edge::logging::init(
+            egress_edge::observe::logging::init(
                 &Config::builtin()
                     .map_err(|e| Failure::Config(e.to_string()))?
                     .log,
@@ -136,22 +147,18 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn handle(cmd: HandleCommand) -> Result<(), Failure> {
-    egress_edge::handles_cli::run(cmd)
+    egress_edge::cli::handle::run(cmd)
         .await
         .map_err(|e| match e {
-            egress_edge::handles_cli::CliError::Usage(m) => Failure::Config(m),
-            egress_edge::handles_cli::CliError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+            egress_edge::cli::handle::CliError::Usage(m) => Failure::Config(m),
+            egress_edge::cli::handle::CliError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
         })
 }
 
 async fn run(config: Config, path: Option<std::path::PathBuf>) -> Result<(), Failure> {
-    egress_edge::logging::init(&config.log);
-    let listeners = Listeners::bind(&config)
-        .await
-        .context("binding listeners")?;
-    let app = App::build(config, listeners, BuildOptions::default())
-        .await
-        .map_err(|e| Failure::Config(e.to_string()))?;
+    egress_edge::observe::logging::init(&config.log);
+    let listeners = Listeners::bind(&config).await?;
+    let app = App::build(config, listeners, BuildOptions::default()).await?;
     // SIGHUP and edits of the file reload the policy; the built-in default has no file.
     if let Some(p) = path {
         app.reloader().watch(p);

@@ -1,26 +1,20 @@
 //! What a refused guest sees: the contract's JSON body and `x-egress-edge-error` header.
 //!
-//! Every proxy-generated refusal is a [`Refusal`]; [`respond`] is the only function that turns
-//! one into a guest-facing response, so codes, statuses and wording cannot drift between
-//! stages. `detail` and `hint` are written for a person and for an AI agent; they never contain
+//! Every proxy-generated refusal is a [`Refusal`]; the `from_*` functions here are the only
+//! mapping from stage errors (dial, connect, send) to refusals, and [`respond`] is the only
+//! function that turns one into a guest-facing response, so codes, statuses and wording cannot
+//! drift between stages. `detail` and `hint` are written for a person and for an AI agent; they never contain
 //! a secret or a whole handle (only the values the stages put in, which are hosts, ports, rule
 //! ids, address ranges and handle ids).
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+
+use crate::body::{Body, full};
+use crate::upstream::connector::{ConnectError, find_connect_error};
+use crate::upstream::relay::SendError;
 use serde::Serialize;
 
-/// The body type of every response the proxy produces or relays.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
 pub const ERROR_HEADER: &str = "x-egress-edge-error";
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
 
 /// A refusal, with the facts the body reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +124,18 @@ impl Kind {
                 "send an HTTP CONNECT or an absolute-form http:// request to this proxy"
             }
             Kind::Overloaded => "the proxy is at its connection limit; retry with backoff",
+        }
+    }
+}
+
+impl From<&egress_handle::HandleError> for Kind {
+    fn from(e: &egress_handle::HandleError) -> Kind {
+        use egress_handle::HandleError as H;
+        match e {
+            H::Expired => Kind::HandleExpired,
+            H::Revoked => Kind::HandleRevoked,
+            H::OutOfScope(_) => Kind::HandleOutOfScope,
+            _ => Kind::HandleInvalid,
         }
     }
 }
@@ -253,9 +259,59 @@ pub fn raw_http1(r: &Refusal) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Maps a failure to get response headers from the upstream.
+pub fn from_send(e: &SendError, host: &str, port: u16, rule: &str) -> Refusal {
+    match e {
+        SendError::Client(c) => from_client_error(c, host, port, rule),
+        SendError::Timeout(_) => {
+            Refusal::new(Kind::UpstreamTimeout, host, port, rule).with_cause(e.to_string())
+        }
+    }
+}
+
+/// Maps a pooled-client failure: our connect error when there is one, else `upstream_connect`
+/// with the whole error chain.
+pub fn from_client_error(
+    e: &(dyn std::error::Error + 'static),
+    host: &str,
+    port: u16,
+    rule: &str,
+) -> Refusal {
+    match find_connect_error(e) {
+        Some(c) => from_connect(c, host, port, rule),
+        None => Refusal::new(Kind::UpstreamConnect, host, port, rule).with_cause(error_chain(e)),
+    }
+}
+
+/// Maps an upstream connection failure to the guest-facing refusal.
+pub fn from_connect(e: &ConnectError, host: &str, port: u16, rule: &str) -> Refusal {
+    match e {
+        ConnectError::Dial(d) => from_dial(d, host, port, rule),
+        ConnectError::Tls { cause, .. } => {
+            Refusal::new(Kind::UpstreamTls, host, port, rule).with_cause(cause.to_string())
+        }
+        ConnectError::TlsTimeout { .. } => Refusal::new(Kind::UpstreamTimeout, host, port, rule)
+            .with_cause("TLS handshake timed out"),
+        ConnectError::BadUri(m) => {
+            Refusal::new(Kind::BadRequest, host, port, rule).with_cause(m.clone())
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
 /// Maps a dial failure (resolution, address vetting, connect) to the guest-facing refusal.
-pub fn from_dial(e: &crate::dial::DialError, host: &str, port: u16, rule: &str) -> Refusal {
-    use crate::dial::DialError as D;
+pub fn from_dial(e: &crate::net::dial::DialError, host: &str, port: u16, rule: &str) -> Refusal {
+    use crate::net::dial::DialError as D;
     match e {
         D::AddressDenied { denied, .. } => Refusal::new(Kind::AddressDenied, host, port, rule)
             .with_cause(format!("{} is in {}", denied.addr, denied.by)),

@@ -9,13 +9,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::defaults;
 use super::raw::{self, DenyEntry, RawConfig};
 use super::{
     AdminConfig, CaConfig, CaSource, Config, LogConfig, NetworkConfig, ProxyConfig, SdsConfig,
     SdsTlsFiles, SecretsConfig, TlsServerFiles, UpstreamConfig, rules_from,
 };
-use crate::host::Host;
-use crate::netguard::AddressPolicy;
+use crate::net::host::Host;
+use crate::net::netguard::AddressPolicy;
 use crate::policy::{Policy, Rung};
 
 /// A config error, located.
@@ -134,24 +135,88 @@ fn err<T>(key: &str, msg: impl Into<String>) -> Located<T> {
     Err((key.to_owned(), msg.into()))
 }
 
+/// `Ok(Some)` when both are set, `Ok(None)` when neither is; else the error names the one
+/// that is missing (`key_a` / `key_b` are the keys to report).
+fn both_or_neither<A, B>(
+    a: Option<A>,
+    b: Option<B>,
+    key_a: &str,
+    key_b: &str,
+    what: &str,
+) -> Located<Option<(A, B)>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        (Some(_), None) => err(
+            key_b,
+            format!("{what}: `{key_a}` is set without `{key_b}`; set both or neither"),
+        ),
+        (None, Some(_)) => err(
+            key_a,
+            format!("{what}: `{key_b}` is set without `{key_a}`; set both or neither"),
+        ),
+    }
+}
+
 fn from_raw(raw: RawConfig) -> Located<Config> {
+    let proxy = proxy_from(raw.proxy)?;
+    let admin = admin_from(raw.admin)?;
+    let log = log_from(raw.log)?;
+    let ca = ca_from(raw.ca)?;
+    let upstream = UpstreamConfig {
+        extra_roots: raw.upstream.extra_roots,
+        extra_roots_sds: raw.upstream.extra_roots_sds,
+        response_header_timeout: dur(
+            raw.upstream.response_header_timeout,
+            defaults::RESPONSE_HEADER_TIMEOUT,
+        ),
+        pool_idle_timeout: dur(raw.upstream.pool_idle_timeout, defaults::POOL_IDLE_TIMEOUT),
+    };
+    let network = network_from(raw.network)?;
+    let secrets = match raw.secrets {
+        None => None,
+        Some(s) => Some(secrets_from(s)?),
+    };
+    let (rules, destinations) = rules_from(raw.destinations)?;
+    let default_rung = raw.default_rung.unwrap_or(Rung::Deny);
+    let policy = Policy::new(rules, default_rung);
+    let handle_max_ttl = dur(raw.handles.max_ttl, defaults::HANDLE_MAX_TTL);
+    if !(defaults::HANDLE_MAX_TTL_MIN..=defaults::HANDLE_MAX_TTL_MAX).contains(&handle_max_ttl) {
+        return err("handles.max_ttl", "must be between 1s and 7d");
+    }
+    let config = Config {
+        handle_max_ttl,
+        proxy,
+        admin,
+        log,
+        state_dir: raw.state_dir.unwrap_or_else(|| defaults::STATE_DIR.into()),
+        ca,
+        upstream,
+        network,
+        secrets,
+        policy,
+        destinations,
+        default_rung,
+    };
+    check_secrets_source(&config)?;
+    Ok(config)
+}
+
+fn proxy_from(raw: raw::RawProxy) -> Located<ProxyConfig> {
     let proxy = ProxyConfig {
-        listen: raw
-            .proxy
-            .listen
-            .unwrap_or_else(|| ([127, 0, 0, 1], 3128).into()),
-        max_connections: raw.proxy.max_connections.unwrap_or(4096),
-        max_header_bytes: raw.proxy.max_header_bytes.unwrap_or(64 * 1024),
-        header_read_timeout: dur(raw.proxy.header_read_timeout, 10),
-        connect_timeout: dur(raw.proxy.connect_timeout, 10),
-        handshake_timeout: dur(raw.proxy.handshake_timeout, 10),
-        idle_timeout: dur(raw.proxy.idle_timeout, 300),
-        shutdown_grace: dur(raw.proxy.shutdown_grace, 30),
+        listen: raw.listen.unwrap_or(defaults::PROXY_LISTEN),
+        max_connections: raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+        max_header_bytes: raw.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES),
+        header_read_timeout: dur(raw.header_read_timeout, defaults::HEADER_READ_TIMEOUT),
+        connect_timeout: dur(raw.connect_timeout, defaults::CONNECT_TIMEOUT),
+        handshake_timeout: dur(raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT),
+        idle_timeout: dur(raw.idle_timeout, defaults::IDLE_TIMEOUT),
+        shutdown_grace: dur(raw.shutdown_grace, defaults::SHUTDOWN_GRACE),
     };
     if proxy.max_connections == 0 {
         return err("proxy.max_connections", "must be at least 1");
     }
-    if proxy.max_header_bytes < 8192 {
+    if proxy.max_header_bytes < defaults::MIN_HEADER_BYTES {
         return err("proxy.max_header_bytes", "must be at least 8192 bytes");
     }
     for (key, d) in [
@@ -164,8 +229,11 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
             return err(key, "must be greater than zero");
         }
     }
+    Ok(proxy)
+}
 
-    let admin_tls = match raw.admin.tls {
+fn admin_from(raw: raw::RawAdmin) -> Located<AdminConfig> {
+    let tls = match raw.tls {
         None => None,
         Some(t) => {
             if t.ca.is_some() {
@@ -174,46 +242,42 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
                     "unknown key for a server; did you mean `client_ca`?",
                 );
             }
-            match (t.cert, t.key) {
-                (Some(cert), Some(key)) => Some(TlsServerFiles {
+            let pair = both_or_neither(
+                t.cert,
+                t.key,
+                "admin.tls.cert",
+                "admin.tls.key",
+                "`cert` and `key`",
+            )?;
+            match pair {
+                Some((cert, key)) => Some(TlsServerFiles {
                     cert,
                     key,
                     client_ca: t.client_ca,
                 }),
-                (None, None) if t.client_ca.is_some() => {
+                None if t.client_ca.is_some() => {
                     return err(
                         "admin.tls.client_ca",
                         "client_ca needs the server's own `cert` and `key`",
                     );
                 }
-                (None, None) => return err("admin.tls", "set `cert` and `key` (or remove `tls`)"),
-                (Some(_), None) => {
-                    return err(
-                        "admin.tls.key",
-                        "`cert` is set without `key`: set both or neither",
-                    );
-                }
-                (None, Some(_)) => {
-                    return err(
-                        "admin.tls.cert",
-                        "`key` is set without `cert`: set both or neither",
-                    );
-                }
+                None => return err("admin.tls", "set `cert` and `key` (or remove `tls`)"),
             }
         }
     };
-    let admin = AdminConfig {
+    Ok(AdminConfig {
         listen: raw
-            .admin
             .listen
-            .unwrap_or(raw::ListenAddr::Tcp(([127, 0, 0, 1], 9901).into())),
-        token_file: raw.admin.token_file,
-        tls: admin_tls,
-    };
+            .unwrap_or(raw::ListenAddr::Tcp(defaults::ADMIN_LISTEN)),
+        token_file: raw.token_file,
+        tls,
+    })
+}
 
+fn log_from(raw: raw::RawLog) -> Located<LogConfig> {
     let log = LogConfig {
-        format: raw.log.format.unwrap_or_default(),
-        level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+        format: raw.format.unwrap_or_default(),
+        level: raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned()),
     };
     if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
         return err(
@@ -224,43 +288,37 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
             ),
         );
     }
+    Ok(log)
+}
 
-    let ca_source = match (raw.ca.cert, raw.ca.key, raw.ca.sds) {
-        (None, None, None) => CaSource::Generated,
-        (Some(cert), Some(key), None) => CaSource::Files { cert, key },
-        (None, None, Some(secret)) => CaSource::Sds { secret },
-        (Some(_), None, None) => {
-            return err(
-                "ca.key",
-                "`ca.cert` is set without `ca.key`: bring both or neither",
-            );
-        }
-        (None, Some(_), None) => {
-            return err(
-                "ca.cert",
-                "`ca.key` is set without `ca.cert`: bring both or neither",
-            );
-        }
-        (_, _, Some(_)) => {
+fn ca_from(raw: raw::RawCa) -> Located<CaConfig> {
+    let files = both_or_neither(
+        raw.cert,
+        raw.key,
+        "ca.cert",
+        "ca.key",
+        "`ca.cert` and `ca.key` come together (bring your own CA)",
+    )?;
+    let source = match (files, raw.sds) {
+        (None, None) => CaSource::Generated,
+        (Some((cert, key)), None) => CaSource::Files { cert, key },
+        (None, Some(secret)) => CaSource::Sds { secret },
+        (Some(_), Some(_)) => {
             return err(
                 "ca.sds",
                 "`ca.sds` cannot be combined with `ca.cert`/`ca.key`",
             );
         }
     };
-    let leaf_ttl = dur(raw.ca.leaf_ttl, 24 * 3600);
-    if leaf_ttl < Duration::from_secs(3600) || leaf_ttl > Duration::from_secs(90 * 24 * 3600) {
+    let leaf_ttl = dur(raw.leaf_ttl, defaults::LEAF_TTL);
+    if !(defaults::LEAF_TTL_MIN..=defaults::LEAF_TTL_MAX).contains(&leaf_ttl) {
         return err("ca.leaf_ttl", "must be between 1h and 90d");
     }
+    Ok(CaConfig { source, leaf_ttl })
+}
 
-    let upstream = UpstreamConfig {
-        extra_roots: raw.upstream.extra_roots,
-        extra_roots_sds: raw.upstream.extra_roots_sds,
-        response_header_timeout: dur(raw.upstream.response_header_timeout, 60),
-        pool_idle_timeout: dur(raw.upstream.pool_idle_timeout, 90),
-    };
-
-    let deny_entries = raw.network.deny.unwrap_or_else(|| vec![DenyEntry::Default]);
+fn network_from(raw: raw::RawNetwork) -> Located<NetworkConfig> {
+    let deny_entries = raw.deny.unwrap_or_else(|| vec![DenyEntry::Default]);
     let mut deny = Vec::new();
     let mut deny_view = Vec::new();
     for e in deny_entries {
@@ -275,9 +333,9 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
             }
         }
     }
-    let allow: Vec<_> = raw.network.allow.iter().map(|n| n.0).collect();
+    let allow: Vec<_> = raw.allow.iter().map(|n| n.0).collect();
     let mut hosts = HashMap::new();
-    for (name, addrs) in raw.network.hosts {
+    for (name, addrs) in raw.hosts {
         let key = format!("network.hosts.{name}");
         let normalized = match Host::parse(&name) {
             Ok(Host::Name(n)) => n,
@@ -290,80 +348,57 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
         }
         hosts.insert(normalized, addrs);
     }
-    let network = NetworkConfig {
+    Ok(NetworkConfig {
         addresses: AddressPolicy::new(deny, allow.clone()),
         deny: deny_view,
         allow: allow.iter().map(ToString::to_string).collect(),
         hosts,
-    };
+    })
+}
 
-    let secrets = match raw.secrets {
-        None => None,
-        Some(s) => match (s.file, s.sds) {
-            (Some(path), None) => Some(SecretsConfig::File {
-                path,
-                initial_fetch_timeout: dur(s.initial_fetch_timeout, 1),
-            }),
-            (None, Some(_)) if s.initial_fetch_timeout.is_some() => {
-                return err(
-                    "secrets.initial_fetch_timeout",
-                    "for sds, set secrets.sds.initial_fetch_timeout",
-                );
-            }
-            (None, Some(sds)) => Some(SecretsConfig::Sds(sds_from(sds)?)),
-            (Some(_), Some(_)) => return err("secrets", "set either `file` or `sds`, not both"),
-            (None, None) => return err("secrets", "set `file` or `sds`"),
-        },
-    };
-
-    let (rules, destinations) = rules_from(raw.destinations)?;
-    let default_rung = raw.default_rung.unwrap_or(Rung::Deny);
-    let policy = Policy::new(rules, default_rung);
-
-    let handle_max_ttl = dur(raw.handles.max_ttl, 3600);
-    if handle_max_ttl < Duration::from_secs(1)
-        || handle_max_ttl > Duration::from_secs(7 * 24 * 3600)
-    {
-        return err("handles.max_ttl", "must be between 1s and 7d");
-    }
-    let config = Config {
-        handle_max_ttl,
-        proxy,
-        admin,
-        log,
-        state_dir: raw.state_dir.unwrap_or_else(|| "./.egress-edge".into()),
-        ca: CaConfig {
-            source: ca_source,
-            leaf_ttl,
-        },
-        upstream,
-        network,
-        secrets,
-        policy,
-        destinations,
-        default_rung,
-    };
-    if config.secrets.is_none()
-        && let Some(name) = config.referenced_secrets().into_iter().next()
-    {
-        let key = config
-            .destinations
-            .iter()
-            .position(|d| {
-                d.credential
-                    .as_ref()
-                    .is_some_and(|c| c.secret_name() == name)
-            })
-            .map(|i| format!("destinations[{i}].credential"))
-            .unwrap_or_else(|| "secrets".to_owned());
-        return err(
-            &key,
-            format!(
-                "secret `{name}` is referenced but no `secrets` source (file or sds) is configured"
+fn secrets_from(s: raw::RawSecrets) -> Located<SecretsConfig> {
+    match (s.file, s.sds) {
+        (Some(path), None) => Ok(SecretsConfig::File {
+            path,
+            initial_fetch_timeout: dur(
+                s.initial_fetch_timeout,
+                defaults::FILE_INITIAL_FETCH_TIMEOUT,
             ),
-        );
+        }),
+        (None, Some(_)) if s.initial_fetch_timeout.is_some() => err(
+            "secrets.initial_fetch_timeout",
+            "for sds, set secrets.sds.initial_fetch_timeout",
+        ),
+        (None, Some(sds)) => Ok(SecretsConfig::Sds(sds_from(sds)?)),
+        (Some(_), Some(_)) => err("secrets", "set either `file` or `sds`, not both"),
+        (None, None) => err("secrets", "set `file` or `sds`"),
     }
-    Ok(config)
+}
+
+/// A credential needs a secret source.
+fn check_secrets_source(config: &Config) -> Located<()> {
+    if config.secrets.is_some() {
+        return Ok(());
+    }
+    let Some(name) = config.referenced_secrets().into_iter().next() else {
+        return Ok(());
+    };
+    let key = config
+        .destinations
+        .iter()
+        .position(|d| {
+            d.credential
+                .as_ref()
+                .is_some_and(|c| c.secret_name() == name)
+        })
+        .map(|i| format!("destinations[{i}].credential"))
+        .unwrap_or_else(|| "secrets".to_owned());
+    err(
+        &key,
+        format!(
+            "secret `{name}` is referenced but no `secrets` source (file or sds) is configured"
+        ),
+    )
 }
 
 fn sds_from(s: raw::RawSds) -> Located<SdsConfig> {
@@ -376,25 +411,18 @@ fn sds_from(s: raw::RawSds) -> Located<SdsConfig> {
                     "unknown key for a client; did you mean `ca`?",
                 );
             }
-            match (&t.cert, &t.key) {
-                (Some(_), None) => {
-                    return err(
-                        "secrets.sds.tls.key",
-                        "`cert` is set without `key`: set both or neither",
-                    );
-                }
-                (None, Some(_)) => {
-                    return err(
-                        "secrets.sds.tls.cert",
-                        "`key` is set without `cert`: set both or neither",
-                    );
-                }
-                _ => {}
-            }
+            let pair = both_or_neither(
+                t.cert,
+                t.key,
+                "secrets.sds.tls.cert",
+                "secrets.sds.tls.key",
+                "`cert` and `key`",
+            )?;
+            let (cert, key) = pair.map_or((None, None), |(c, k)| (Some(c), Some(k)));
             Some(SdsTlsFiles {
                 ca: t.ca,
-                cert: t.cert,
-                key: t.key,
+                cert,
+                key,
             })
         }
     };
@@ -441,7 +469,9 @@ fn sds_from(s: raw::RawSds) -> Located<SdsConfig> {
             "must not be empty (SDS servers reject an empty node id)",
         );
     }
-    let cluster = s.cluster.unwrap_or_else(|| "egress-edge".to_owned());
+    let cluster = s
+        .cluster
+        .unwrap_or_else(|| defaults::SDS_CLUSTER.to_owned());
     if cluster.is_empty() {
         return err("secrets.sds.cluster", "must not be empty");
     }
@@ -450,7 +480,7 @@ fn sds_from(s: raw::RawSds) -> Located<SdsConfig> {
         tls,
         node_id,
         cluster,
-        initial_fetch_timeout: dur(s.initial_fetch_timeout, 10),
+        initial_fetch_timeout: dur(s.initial_fetch_timeout, defaults::SDS_INITIAL_FETCH_TIMEOUT),
     })
 }
 
@@ -461,8 +491,8 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| "egress-edge".to_owned())
 }
 
-fn dur(v: Option<raw::Dur>, default_secs: u64) -> Duration {
-    v.map_or(Duration::from_secs(default_secs), |d| d.0)
+fn dur(v: Option<raw::Dur>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! Typed configuration: what the rest of the proxy reads.
 //!
-//! `raw.rs` is the file as written; [`Config::from_raw`] turns it into these types, applying
-//! defaults and refusing incoherent combinations with errors that name the key. Nothing here
+//! `raw.rs` is the file as written; `load.rs` turns it into these types section by section,
+//! applying the defaults named in [`defaults`] and refusing incoherent combinations with errors that name the key. Nothing here
 //! opens a socket or reads a secret; files referenced by the config are read by the stage that
 //! uses them, at startup, so a missing file still stops `run` before it serves.
 
+pub mod defaults;
 mod load;
 pub mod raw;
 
@@ -19,9 +20,9 @@ use serde::Serialize;
 pub use load::{ConfigError, load_file, parse_str};
 pub use raw::{ListenAddr, LogFormat};
 
-use crate::host::Host;
-use crate::netguard::AddressPolicy;
-use crate::policy::{Policy, Rule, Rung};
+use crate::net::host::Host;
+use crate::net::netguard::AddressPolicy;
+use crate::policy::{Credential, Policy, Rule, Rung};
 
 /// The built-in solo configuration `egress-edge run` uses with no `--config`.
 pub const BUILTIN_DEFAULT: &str = "\
@@ -72,27 +73,27 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
     pub listen: ListenAddr,
     pub token_file: Option<PathBuf>,
     pub tls: Option<TlsServerFiles>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TlsServerFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaSource {
     /// Generated on first start under `state_dir`.
@@ -103,7 +104,7 @@ pub enum CaSource {
     Sds { secret: String },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CaConfig {
     pub source: CaSource,
     #[serde(with = "humantime_serde_compat")]
@@ -130,7 +131,7 @@ pub struct NetworkConfig {
     pub hosts: HashMap<String, Vec<IpAddr>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretsConfig {
     File {
@@ -154,7 +155,7 @@ impl SecretsConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SdsConfig {
     pub target: String,
     pub tls: Option<SdsTlsFiles>,
@@ -164,58 +165,11 @@ pub struct SdsConfig {
     pub initial_fetch_timeout: Duration,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SdsTlsFiles {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-}
-
-/// How a destination's credential is obtained and presented.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Credential {
-    /// A header filled from a template: `{secret}` is the secret value, `{secret_base64}` its
-    /// base64 (for HTTP Basic from a `user:password` secret).
-    Header {
-        secret: String,
-        #[serde(serialize_with = "ser_header")]
-        header: HeaderName,
-        format: String,
-    },
-    /// OAuth2 client credentials: `client` names a generic secret with `client_id` and
-    /// `client_secret`; the access token goes into `header` as a bearer token.
-    Oauth2 {
-        token_url: String,
-        client: String,
-        scopes: Vec<String>,
-        #[serde(serialize_with = "ser_header")]
-        header: HeaderName,
-    },
-    /// A `tls_certificate` presented to the upstream (mTLS).
-    ClientCert { secret: String },
-}
-
-impl Credential {
-    /// The secret names this credential needs from the secret source.
-    pub fn secret_name(&self) -> &str {
-        match self {
-            Credential::Header { secret, .. } | Credential::ClientCert { secret } => secret,
-            Credential::Oauth2 { client, .. } => client,
-        }
-    }
-
-    /// The request header a handle is looked for in (none for client certificates).
-    pub fn header(&self) -> Option<&HeaderName> {
-        match self {
-            Credential::Header { header, .. } | Credential::Oauth2 { header, .. } => Some(header),
-            Credential::ClientCert { .. } => None,
-        }
-    }
-}
-
-fn ser_header<S: serde::Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(h.as_str())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -275,7 +229,7 @@ mod humantime_serde_compat {
     }
 }
 
-/// Builds the typed policy rules, used by [`Config::from_raw`].
+/// Builds the typed policy rules from the `destinations` list (used by `load.rs`).
 fn rules_from(
     destinations: Vec<raw::RawDestination>,
 ) -> Result<(Vec<Rule>, Vec<DestinationView>), (String, String)> {

@@ -2,7 +2,7 @@
 //!
 //! Leaf values that have a shape (durations, CIDRs, host patterns, listen addresses) are parsed
 //! during deserialization so the YAML parser can point at the line. Cross-field rules (both or
-//! neither, references between sections) are checked in `typed.rs`, not here.
+//! neither, references between sections) are checked in `load.rs`, not here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::netguard;
+use crate::net::netguard;
 use crate::policy::{HostPattern, Rung};
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,271 @@
+//! What the admin endpoints read and do, apart from HTTP plumbing: the CA certificate,
+//! readiness of secrets, metrics that are sampled at scrape time, the redacted effective
+//! config, and handle minting and revocation.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use egress_ca::DeploymentCa;
+use egress_sds::store::SecretStore;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::admin::{error, json};
+use crate::body::Body;
+use crate::config::Config;
+use crate::observe::metrics::Metrics;
+use crate::rung::bump::Bumper;
+use crate::state::Shared;
+
+/// Counters copied from component stats at scrape time.
+#[derive(Debug, Default)]
+struct Sampled {
+    leaf_hits: Counter<u64, AtomicU64>,
+    leaf_misses: Counter<u64, AtomicU64>,
+    leaf_mints: Counter<u64, AtomicU64>,
+    leaf_mint_failures: Counter<u64, AtomicU64>,
+    leaf_mint_seconds: Counter<f64, AtomicU64>,
+    sds_connected: Gauge,
+    sds_reconnects: Counter<u64, AtomicU64>,
+    sds_nacks: Counter<u64, AtomicU64>,
+    secrets_warm: Gauge,
+}
+
+#[derive(Debug)]
+pub struct Api {
+    ca: Option<Arc<DeploymentCa>>,
+    bumper: Option<Arc<Bumper>>,
+    secrets: Option<SecretStore>,
+    handles: Arc<egress_handle::HandleAuthority>,
+    initial_fetch_timeout: Duration,
+    sampled: Sampled,
+}
+
+impl Api {
+    pub fn new(
+        ca: Option<Arc<DeploymentCa>>,
+        bumper: Option<Arc<Bumper>>,
+        secrets: Option<SecretStore>,
+        handles: Arc<egress_handle::HandleAuthority>,
+        config: &Config,
+    ) -> Api {
+        let initial_fetch_timeout = config.secret_wait();
+        Api {
+            ca,
+            bumper,
+            secrets,
+            handles,
+            initial_fetch_timeout,
+            sampled: Sampled::default(),
+        }
+    }
+
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let s = &self.sampled;
+        metrics.with_registry(|r| {
+            r.register(
+                "leaf_cache_hits",
+                "Leaf certificate cache hits",
+                s.leaf_hits.clone(),
+            );
+            r.register(
+                "leaf_cache_misses",
+                "Leaf certificate cache misses",
+                s.leaf_misses.clone(),
+            );
+            r.register(
+                "leaf_mints",
+                "Leaf certificates minted",
+                s.leaf_mints.clone(),
+            );
+            r.register(
+                "leaf_mint_failures",
+                "Leaf mint failures",
+                s.leaf_mint_failures.clone(),
+            );
+            r.register(
+                "leaf_mint_seconds",
+                "Total time spent minting leaves",
+                s.leaf_mint_seconds.clone(),
+            );
+            r.register(
+                "sds_stream_connected",
+                "1 while the SDS stream is connected",
+                s.sds_connected.clone(),
+            );
+            r.register(
+                "sds_reconnects",
+                "SDS stream reconnects",
+                s.sds_reconnects.clone(),
+            );
+            r.register(
+                "sds_nacks",
+                "SDS responses rejected (NACKed)",
+                s.sds_nacks.clone(),
+            );
+            r.register(
+                "secrets_warm",
+                "1 when every referenced secret has been delivered",
+                s.secrets_warm.clone(),
+            );
+        });
+    }
+
+    pub fn metrics_text(&self, shared: &Shared) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.sampled;
+        if let Some(b) = &self.bumper {
+            let st = b.leaves().stats().snapshot();
+            s.leaf_hits.inner().store(st.hits, Relaxed);
+            s.leaf_misses.inner().store(st.misses, Relaxed);
+            s.leaf_mints.inner().store(st.mints, Relaxed);
+            s.leaf_mint_failures
+                .inner()
+                .store(st.mint_failures, Relaxed);
+            s.leaf_mint_seconds
+                .inner()
+                .store((st.mint_nanos_total as f64 / 1e9).to_bits(), Relaxed);
+        }
+        if let Some(store) = &self.secrets {
+            let st = store.stats();
+            s.sds_connected.set(i64::from(st.source.connected));
+            s.sds_reconnects
+                .inner()
+                .store(st.source.reconnects, Relaxed);
+            s.sds_nacks.inner().store(st.source.nacks, Relaxed);
+            s.secrets_warm.set(i64::from(st.warm));
+        }
+        if self.secrets.is_none() {
+            s.secrets_warm.set(1);
+        }
+        let mut out = shared.metrics.encode();
+        if let Some(store) = &self.secrets {
+            out = append_secret_versions(out, store);
+        }
+        out
+    }
+
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca.as_ref().map(|c| c.cert_pem().to_owned())
+    }
+
+    pub fn secrets_ready(&self) -> bool {
+        self.secrets
+            .as_ref()
+            .is_none_or(|s| s.warm_or_timed_out(self.initial_fetch_timeout))
+    }
+
+    pub fn secrets(&self) -> Option<&SecretStore> {
+        self.secrets.as_ref()
+    }
+
+    pub fn config_json(&self, shared: &Shared) -> Response<Body> {
+        let snap = shared.snapshot();
+        match serde_json::to_value(&*snap.config) {
+            Ok(mut v) => {
+                v["kill_switch"] = serde_json::Value::Bool(shared.kill.is_enabled());
+                if let Some(ca) = &self.ca {
+                    v["ca"]["fingerprint_sha256"] =
+                        serde_json::Value::String(ca.fingerprint_sha256());
+                }
+                json(StatusCode::OK, &v)
+            }
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    pub async fn mint_handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let body: egress_handle::MintRequest = match crate::admin::read_json(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match self.handles.mint(&body) {
+            Ok(minted) => {
+                tracing::info!(
+                    target: crate::credential::AUDIT_TARGET,
+                    handle_id = %minted.id,
+                    session = body.session.as_deref().unwrap_or(""),
+                    credentials = ?body.credentials,
+                    "handle minted"
+                );
+                match serde_json::to_value(&minted) {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(e) => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        &e.to_string(),
+                    ),
+                }
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        }
+    }
+
+    pub async fn revoke_handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let target: egress_handle::RevokeTarget = match crate::admin::read_json(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match self.handles.revoke(&target) {
+            Ok(()) => {
+                tracing::info!(target: crate::credential::AUDIT_TARGET, revoked = ?target, "handle revoked");
+                let mut r = Response::new(crate::body::full(""));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        }
+    }
+}
+
+/// Per-secret version info as an info-style gauge. Versions are opaque keyed hashes, never
+/// derived from secret values in a way that could be inverted.
+fn append_secret_versions(out: String, store: &SecretStore) -> String {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct SecretLabels {
+        secret: String,
+        version: String,
+    }
+    let mut reg = prometheus_client::registry::Registry::with_prefix("egress_edge");
+    let versions = Family::<SecretLabels, Gauge>::default();
+    let updated = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
+    for s in store.stats().secrets {
+        let labels = SecretLabels {
+            secret: s.name.clone(),
+            version: s.version.clone().unwrap_or_default(),
+        };
+        versions
+            .get_or_create(&labels)
+            .set(i64::from(s.version.is_some()));
+        if let Some(t) = s.updated_at {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            updated.get_or_create(&labels).set(secs);
+        }
+    }
+    reg.register(
+        "secret_version",
+        "Secret version in use (1 when delivered)",
+        versions,
+    );
+    reg.register(
+        "secret_updated_timestamp_seconds",
+        "When the secret was last updated",
+        updated,
+    );
+    let mut extra = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut extra, &reg);
+    // Both texts end with "# EOF"; keep exactly one, at the end.
+    let body = out.trim_end().trim_end_matches("# EOF").to_owned();
+    body + &extra
+}

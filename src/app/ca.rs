@@ -1,0 +1,160 @@
+//! Loading the deployment CA the config names (brought files, the secret source, or generated
+//! under `state_dir`), and the file checks of `check-config`. The coverage rule itself lives
+//! with the snapshot ([`check_ca_coverage`]) so startup, reload and `check-config` share it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use egress_ca::{CaOptions, DeploymentCa};
+use egress_sds::store::SecretStore;
+
+use super::AppError;
+use super::secrets::start_secrets;
+use crate::admin::AdminAuth;
+use crate::config::{CaSource, Config, SecretsConfig};
+use crate::state::snapshot::{check_ca_coverage, permitted_names};
+
+fn deployment_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "egress-edge".to_owned())
+}
+
+/// Loads (or creates) the deployment CA as the config says.
+pub async fn load_ca(
+    config: &Config,
+    secrets: Option<&SecretStore>,
+) -> Result<Option<Arc<DeploymentCa>>, AppError> {
+    load_ca_inner(config, secrets, false).await
+}
+
+/// `egress-edge ca export`: the CA as `run` would load it, created if absent.
+pub async fn export_ca(config: &Config) -> Result<String, AppError> {
+    let secrets = match &config.ca.source {
+        CaSource::Sds { .. } => start_secrets(config).await?,
+        _ => None,
+    };
+    match load_ca_inner(config, secrets.as_ref(), true).await? {
+        Some(ca) => Ok(ca.cert_pem().to_owned()),
+        None => Err(AppError::CaConfig {
+            key: "cert",
+            msg: "no CA".into(),
+        }),
+    }
+}
+
+/// The checks `check-config` runs beyond parsing: every referenced file loads, and the CA
+/// that `run` would use (a brought one, or a generated one already in `state_dir`) covers the
+/// bump destinations — the same coverage check startup and reload apply.
+pub fn check_files(config: &Config) -> Result<(), AppError> {
+    let ca = match &config.ca.source {
+        CaSource::Files { cert, key } => Some(read_ca_files(cert, key)?),
+        CaSource::Generated => {
+            let cert = config.state_dir.join(egress_ca::CA_CERT_FILE);
+            let key = config.state_dir.join(egress_ca::CA_KEY_FILE);
+            if cert.exists() {
+                Some(read_ca_files(&cert, &key)?)
+            } else {
+                None
+            }
+        }
+        // Delivered at run time; checked when it arrives.
+        CaSource::Sds { .. } => None,
+    };
+    if let Some(ca) = &ca {
+        check_ca_coverage(Some(ca), &config.policy)?;
+    }
+    if config.policy.has_bump() {
+        crate::upstream::tls::root_store(&config.upstream.extra_roots, &[])?;
+    }
+    AdminAuth::load(&config.admin)?;
+    if let Some(SecretsConfig::File { path, .. }) = &config.secrets {
+        egress_sds::file::load_secrets_file(path)?;
+    }
+    Ok(())
+}
+
+fn read_ca_files(cert: &Path, key: &Path) -> Result<DeploymentCa, AppError> {
+    let read = |p: &Path, key: &'static str| {
+        std::fs::read_to_string(p).map_err(|e| AppError::CaConfig {
+            key,
+            msg: format!("{}: {e}", p.display()),
+        })
+    };
+    Ok(DeploymentCa::from_pem(
+        &read(cert, "cert")?,
+        &read(key, "key")?,
+        &cert.display().to_string(),
+    )?)
+}
+
+async fn load_ca_inner(
+    config: &Config,
+    secrets: Option<&SecretStore>,
+    create: bool,
+) -> Result<Option<Arc<DeploymentCa>>, AppError> {
+    let ca = match &config.ca.source {
+        CaSource::Files { cert, key } => Some(read_ca_files(cert, key)?),
+        CaSource::Sds { secret } => {
+            let Some(store) = secrets else {
+                return Err(AppError::CaConfig {
+                    key: "sds",
+                    msg: "needs a secrets source".into(),
+                });
+            };
+            let timeout = config.secret_wait();
+            let v = store
+                .wait(secret, timeout)
+                .await
+                .map_err(|e| AppError::CaConfig {
+                    key: "sds",
+                    msg: format!("secret `{secret}` not delivered: {e}"),
+                })?;
+            match &*v.secret {
+                egress_sds::secret::Secret::TlsCertificate { chain_pem, key_pem } => {
+                    let key = key_pem.expose_str().ok_or_else(|| AppError::CaConfig {
+                        key: "sds",
+                        msg: format!("secret `{secret}`: private key is not PEM text"),
+                    })?;
+                    Some(DeploymentCa::from_pem(
+                        chain_pem,
+                        key,
+                        &format!("sds:{secret}"),
+                    )?)
+                }
+                other => {
+                    return Err(AppError::CaConfig {
+                        key: "sds",
+                        msg: format!(
+                            "secret `{secret}` is a {}, not a tls_certificate",
+                            other.kind()
+                        ),
+                    });
+                }
+            }
+        }
+        CaSource::Generated => {
+            let exists = config.state_dir.join(egress_ca::CA_CERT_FILE).exists();
+            if config.policy.has_bump() || exists || create {
+                let opts = CaOptions::new(deployment_name())
+                    .with_permitted(permitted_names(&config.policy));
+                let dir = config.state_dir.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || DeploymentCa::load_or_create(&dir, &opts))
+                        .await
+                        .map_err(|e| AppError::CaConfig {
+                            key: "state_dir",
+                            msg: e.to_string(),
+                        })??,
+                )
+            } else {
+                None
+            }
+        }
+    };
+    // A brought or shared CA must still cover every bump host, or guests would see
+    // certificate errors that look like attacks.
+    check_ca_coverage(ca.as_ref(), &config.policy)?;
+    Ok(ca.map(Arc::new))
+}

@@ -1,0 +1,88 @@
+//! Binding the listeners a config names, and the admin accept loop. Tests bind their own
+//! (port 0) and hand them to [`App::build`](super::App::build).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use super::AppError;
+use crate::admin::AdminCtx;
+use crate::config::{Config, ListenAddr};
+
+/// The admin listener, bound.
+#[derive(Debug)]
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// Already-bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: Option<AdminListener>,
+}
+
+impl Listeners {
+    /// Binds what the config names.
+    pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
+        let proxy = TcpListener::bind(config.proxy.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                what: "proxy.listen",
+                addr: config.proxy.listen.to_string(),
+                source,
+            })?;
+        let admin = match &config.admin.listen {
+            ListenAddr::Tcp(a) => Some(AdminListener::Tcp(TcpListener::bind(a).await.map_err(
+                |source| AppError::Bind {
+                    what: "admin.listen",
+                    addr: a.to_string(),
+                    source,
+                },
+            )?)),
+            ListenAddr::Unix(p) => {
+                // A stale socket from a previous run would make bind fail; only remove a socket.
+                if std::fs::symlink_metadata(p).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    let _ = std::fs::remove_file(p);
+                }
+                let l = UnixListener::bind(p).map_err(|source| AppError::Bind {
+                    what: "admin.listen",
+                    addr: p.display().to_string(),
+                    source,
+                })?;
+                Some(AdminListener::Unix(l, p.clone()))
+            }
+        };
+        Ok(Listeners { proxy, admin })
+    }
+}
+
+impl AdminListener {
+    async fn accept(&self) -> std::io::Result<Box<dyn crate::admin::AdminStream>> {
+        Ok(match self {
+            AdminListener::Tcp(l) => Box::new(l.accept().await?.0),
+            AdminListener::Unix(l, _) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+/// Accepts admin connections until the task is aborted.
+pub(super) async fn admin_loop(l: AdminListener, ctx: Arc<AdminCtx>) {
+    loop {
+        match l.accept().await {
+            Ok(s) => {
+                tokio::spawn(crate::admin::serve_conn(s, ctx.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Assembling and running the proxy: [`App::build`] takes already-bound listeners (so tests
+//! bind `127.0.0.1:0`) and a typed config; [`App::run`] serves until the shutdown future
+//! resolves, then drains.
+//!
+//! Startup fails closed: an unreadable CA, bad trust roots, an invalid secrets file or admin
+//! material stops the build with an error naming the key or file. Nothing here handles a
+//! request.
+
+mod background;
+mod ca;
+mod listeners;
+mod secrets;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::admin::api::Api;
+use crate::admin::{AdminAuth, AdminCtx};
+use crate::config::Config;
+use crate::credential::Injector;
+use crate::frontend::listener::ProxyListener;
+use crate::net::dial::{Connect, Resolve, SystemResolver, TcpConnector};
+use crate::observe::metrics::Metrics;
+use crate::rung::Ladder;
+use crate::rung::bump::Bumper;
+use crate::state::reload::Reloader;
+use crate::state::snapshot::CoverageError;
+use crate::state::{Shared, Snapshot, Sources};
+
+pub use ca::{check_files, export_ca, load_ca};
+pub use listeners::{AdminListener, Listeners};
+
+/// Why the proxy could not be assembled. Every variant is a configuration or environment
+/// problem found before serving (exit code 1), except [`AppError::Bind`] and
+/// [`AppError::Join`], which are runtime failures (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("ca: {0}")]
+    Ca(#[from] egress_ca::CaError),
+    #[error("ca.{key}: {msg}")]
+    CaConfig { key: &'static str, msg: String },
+    #[error("ca.cert: {0}")]
+    Coverage(#[from] CoverageError),
+    #[error(transparent)]
+    Trust(#[from] crate::upstream::tls::TrustError),
+    #[error(transparent)]
+    Bump(#[from] crate::rung::bump::BumpError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+    #[error("secrets: {0}")]
+    Secrets(#[from] egress_sds::SdsError),
+    #[error("handles: {0}")]
+    Handles(#[from] egress_handle::HandleError),
+    #[error("a startup task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl AppError {
+    /// True for failures of the environment at run time rather than of the configuration.
+    pub fn is_runtime(&self) -> bool {
+        matches!(self, AppError::Bind { .. } | AppError::Join(_))
+    }
+}
+
+/// Pluggable pieces, for tests and embedding.
+#[derive(Debug, Default)]
+pub struct BuildOptions {
+    pub resolver: Option<Arc<dyn Resolve>>,
+    pub connector: Option<Arc<dyn Connect>>,
+}
+
+#[derive(Debug)]
+pub struct App {
+    reloader: Arc<Reloader>,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    proxy: tokio::net::TcpListener,
+    admin: Option<AdminListener>,
+    shared: Arc<Shared>,
+    admin_ctx: Arc<AdminCtx>,
+    ladder: Arc<Ladder>,
+    grace: Duration,
+}
+
+impl App {
+    pub async fn build(
+        config: Config,
+        listeners: Listeners,
+        opts: BuildOptions,
+    ) -> Result<App, AppError> {
+        let config = Arc::new(config);
+        let secrets = secrets::start_secrets(&config).await?;
+        let ca = load_ca(&config, secrets.as_ref()).await?;
+        let handles = {
+            let dir = config.state_dir.clone();
+            let ttl = config.handle_max_ttl;
+            Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    egress_handle::HandleAuthority::open(&dir, ttl)
+                })
+                .await??,
+            )
+        };
+        let injector = Arc::new(Injector::new(
+            handles.clone(),
+            secrets.clone(),
+            config.secret_wait(),
+        ));
+        let bumper = match (&ca, config.policy.has_bump()) {
+            (Some(ca), true) => Some(Arc::new(Bumper::new(
+                ca.clone(),
+                config.ca.leaf_ttl,
+                injector,
+            )?)),
+            _ => None,
+        };
+        if let Some(b) = &bumper {
+            let exact: Vec<String> = config
+                .policy
+                .rules()
+                .iter()
+                .filter(|r| r.rung == crate::policy::Rung::Bump && r.pattern.is_exact())
+                .map(|r| r.pattern.to_string())
+                .collect();
+            b.leaves().prewarm(&exact).await;
+        }
+        if let Some(store) = &secrets {
+            // Trust roots from the secret source must be there before the first re-originated
+            // request; if they never arrive, verification against them fails (closed).
+            let timeout = config.secret_wait();
+            for name in &config.upstream.extra_roots_sds {
+                if store.wait(name, timeout).await.is_err() {
+                    tracing::warn!(secret = %name, "upstream.extra_roots_sds: not delivered yet; upstreams it would verify fail until it arrives");
+                }
+            }
+        }
+        let sources = Sources {
+            resolver: opts.resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
+            connector: opts.connector.unwrap_or_else(|| Arc::new(TcpConnector)),
+            secrets: secrets.clone(),
+        };
+        let snapshot = Snapshot::build(config.clone(), &sources)?;
+        let auth = AdminAuth::load(&config.admin)?;
+        let shared = Arc::new(Shared::new(snapshot, Metrics::new()));
+        background::spawn_revocation_reload(&shared, handles.clone());
+        let reloader = Arc::new(Reloader {
+            shared: shared.clone(),
+            sources,
+            ca: ca.clone(),
+        });
+        if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
+            background::spawn_root_refresh(store.clone(), reloader.clone());
+        }
+        let api = Api::new(ca, bumper.clone(), secrets, handles, &config);
+        api.register_metrics(&shared.metrics);
+        let admin_ctx = Arc::new(AdminCtx {
+            shared: shared.clone(),
+            auth,
+            ready: AtomicBool::new(false),
+            api,
+        });
+        let proxy_addr = listeners
+            .proxy
+            .local_addr()
+            .map_err(|source| AppError::Bind {
+                what: "proxy.listen",
+                addr: config.proxy.listen.to_string(),
+                source,
+            })?;
+        let admin_addr = match &listeners.admin {
+            Some(AdminListener::Tcp(l)) => l.local_addr().ok(),
+            _ => None,
+        };
+        Ok(App {
+            reloader,
+            proxy_addr,
+            admin_addr,
+            proxy: listeners.proxy,
+            admin: listeners.admin,
+            shared,
+            admin_ctx,
+            ladder: Arc::new(Ladder { bump: bumper }),
+            grace: config.proxy.shutdown_grace,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Validates and swaps in configs while serving (SIGHUP, file changes, tests).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, drains for the grace period,
+    /// and ends what is left.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared.clone();
+        let proxy = ProxyListener {
+            listener: self.proxy,
+            shared: shared.clone(),
+            ladder: self.ladder.clone(),
+        };
+        let proxy_task = tokio::spawn(proxy.run());
+        let admin_task = self
+            .admin
+            .map(|l| tokio::spawn(listeners::admin_loop(l, self.admin_ctx.clone())));
+        self.admin_ctx.ready.store(true, Ordering::SeqCst);
+        tracing::info!(proxy = %self.proxy_addr, admin = %self.admin_addr.map_or_else(|| "unix socket".to_owned(), |a| a.to_string()), "egress-edge serving");
+        shutdown.await;
+        tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining");
+        self.admin_ctx.ready.store(false, Ordering::SeqCst);
+        shared.draining.cancel();
+        let _ = proxy_task.await;
+        shared.tasks.close();
+        if tokio::time::timeout(self.grace, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: closing remaining tunnels");
+            shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), shared.tasks.wait()).await;
+        }
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+        tracing::info!("stopped");
+    }
+}

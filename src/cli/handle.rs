@@ -1,0 +1,151 @@
+//! `egress-edge handle mint|revoke`, through the admin API or directly on a state dir.
+//!
+//! With `--state-dir` the CLI signs with the deployment key itself (a running proxy on the same
+//! state dir sees revocations within a second). With `--admin` it calls the admin API, sending
+//! the token from `EGRESS_EDGE_ADMIN_TOKEN` when set.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Full;
+
+use crate::cli::admin_client::send;
+use crate::cli::{AdminTarget, HandleCommand};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
+    match cmd {
+        HandleCommand::Mint {
+            credentials,
+            ttl,
+            session,
+            host,
+            methods,
+            path_prefixes,
+            target,
+        } => {
+            let ttl_d = humantime::parse_duration(&ttl)
+                .map_err(|e| CliError::Usage(format!("--ttl {ttl}: {e}")))?;
+            let req = egress_handle::MintRequest {
+                credentials,
+                ttl: ttl_d,
+                session,
+                host,
+                methods: (!methods.is_empty()).then_some(methods),
+                path_prefixes: (!path_prefixes.is_empty()).then_some(path_prefixes),
+            };
+            let handle = match target_of(&target)? {
+                Target::State(dir) => {
+                    let auth = open(&dir)?;
+                    auth.mint(&req)
+                        .map_err(|e| CliError::Usage(e.to_string()))?
+                        .handle
+                }
+                Target::Admin(url) => {
+                    let body = serde_json::json!({
+                        "credentials": req.credentials, "ttl": ttl, "session": req.session, "host": req.host,
+                        "methods": req.methods, "path_prefixes": req.path_prefixes,
+                    });
+                    let v = admin_post(&url, "/v1/handles", body).await?;
+                    v["handle"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| CliError::Runtime(format!("unexpected answer: {v}")))?
+                }
+            };
+            println!("{handle}");
+            Ok(())
+        }
+        HandleCommand::Revoke {
+            id,
+            session,
+            target,
+        } => {
+            let what = match (&id, &session) {
+                (Some(i), None) => egress_handle::RevokeTarget::Id(i.clone()),
+                (None, Some(s)) => egress_handle::RevokeTarget::Session(s.clone()),
+                _ => {
+                    return Err(CliError::Usage(
+                        "give exactly one of --id or --session".into(),
+                    ));
+                }
+            };
+            match target_of(&target)? {
+                Target::State(dir) => open(&dir)?
+                    .revoke(&what)
+                    .map_err(|e| CliError::Usage(e.to_string())),
+                Target::Admin(url) => {
+                    let body = match what {
+                        egress_handle::RevokeTarget::Id(i) => serde_json::json!({ "id": i }),
+                        egress_handle::RevokeTarget::Session(s) => {
+                            serde_json::json!({ "session": s })
+                        }
+                    };
+                    admin_post(&url, "/v1/handles/revoke", body)
+                        .await
+                        .map(|_| ())
+                }
+            }
+        }
+    }
+}
+
+enum Target {
+    State(std::path::PathBuf),
+    Admin(String),
+}
+
+fn target_of(t: &AdminTarget) -> Result<Target, CliError> {
+    match (&t.admin, &t.state_dir) {
+        (Some(a), None) => Ok(Target::Admin(a.clone())),
+        (None, Some(d)) => Ok(Target::State(d.clone())),
+        _ => Err(CliError::Usage(
+            "give exactly one of --admin or --state-dir".into(),
+        )),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Result<egress_handle::HandleAuthority, CliError> {
+    egress_handle::HandleAuthority::open(dir, egress_handle::DEFAULT_MAX_TTL)
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+async fn admin_post(
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, CliError> {
+    let token = std::env::var("EGRESS_EDGE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut req = Request::post(path)
+        .header(header::HOST, "egress-edge-admin")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let (status, text) = tokio::time::timeout(Duration::from_secs(30), send(base, req))
+        .await
+        .map_err(|_| CliError::Runtime(format!("{base}: timed out")))?
+        .map_err(CliError::Runtime)?;
+    if !status.is_success() {
+        return Err(CliError::Runtime(format!(
+            "admin API answered {status}: {text}"
+        )));
+    }
+    if text.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| CliError::Runtime(format!("admin API answer: {e}")))
+}

@@ -1,0 +1,38 @@
+//! The defaults of every optional setting, named once. The typed config is filled from these;
+//! the README and the built-in config quote the same values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const PROXY_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    3128,
+));
+pub const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9901,
+));
+pub const MAX_CONNECTIONS: usize = 4096;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The smallest `max_header_bytes` accepted.
+pub const MIN_HEADER_BYTES: usize = 8192;
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const LOG_LEVEL: &str = "info";
+pub const STATE_DIR: &str = "./.egress-edge";
+pub const LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const LEAF_TTL_MIN: Duration = Duration::from_secs(3600);
+pub const LEAF_TTL_MAX: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a request waits for a secret from a watched file.
+pub const FILE_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for a secret from an SDS stream.
+pub const SDS_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SDS_CLUSTER: &str = "egress-edge";
+pub const HANDLE_MAX_TTL: Duration = Duration::from_secs(3600);
+pub const HANDLE_MAX_TTL_MIN: Duration = Duration::from_secs(1);
+pub const HANDLE_MAX_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -1,0 +1,211 @@
+//! The context types every data-path stage shares: the guest connection ([`ConnCtx`]), the
+//! typed target a frontend produces ([`Target`]), and the per-unit context ([`ReqCtx`]) with
+//! its access-log guard ([`Access`]).
+//!
+//! This module is a leaf of the data path: frontends create these values and rungs consume
+//! them, but nothing here parses guest input, decides policy or dials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Response;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::net::host::Host;
+use crate::observe::access_log::{AccessEvent, Outcome, Unit};
+use crate::policy::{Decision, Scheme};
+use crate::refusal::{self, Kind, Refusal};
+use crate::state::{Shared, Snapshot};
+
+/// Who is on the other end of a guest connection. Every connection is anonymous today; a
+/// sandbox identity (by source address or proxy token) plugs in here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Identity {
+    #[default]
+    Anonymous,
+}
+
+/// One accepted guest connection.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub client: SocketAddr,
+    /// Held by the connection and by anything it spawns (tunnels, bump sessions), so the
+    /// connection limit counts them too.
+    pub permit: Arc<OwnedSemaphorePermit>,
+    pub identity: Identity,
+}
+
+/// How the guest named the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `CONNECT host:port` on the explicit listener.
+    Connect,
+    /// An absolute-form `http://host:port/...` request on the explicit listener.
+    Absolute,
+}
+
+impl Via {
+    /// The scheme the policy matches ports with.
+    pub fn scheme(self) -> Scheme {
+        match self {
+            Via::Connect => Scheme::Connect,
+            Via::Absolute => Scheme::Http,
+        }
+    }
+}
+
+/// What a frontend hands to the ladder: the destination as the guest named it, not yet
+/// normalized or judged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub via: Via,
+    /// The host as sent (normalized by admission).
+    pub host: String,
+    pub port: u16,
+}
+
+/// The access event of one unit (tunnel, bump session, request) and the promise that it is
+/// logged and counted exactly once: by [`Access::finish`], by a refusal, or — if the unit is
+/// dropped on a path nobody finished — on drop, as `aborted`.
+#[derive(Debug)]
+pub struct Access {
+    pub ev: AccessEvent,
+    start: Instant,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Access {
+    pub fn new(shared: Arc<Shared>, ev: AccessEvent, start: Instant) -> Access {
+        Access {
+            ev,
+            start,
+            shared,
+            done: false,
+        }
+    }
+
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Records how the unit ended, counts it and emits the event.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.ev.outcome = outcome;
+        self.emit();
+    }
+
+    fn emit(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let ev = &self.ev;
+        let metrics = &self.shared.metrics;
+        match ev.unit {
+            Unit::Request => metrics.request(ev.rung, ev.outcome),
+            Unit::Tunnel | Unit::Bumped => metrics.connection(ev.rung, ev.outcome),
+        }
+        // A bump session's bytes are the sum of its requests', which count themselves.
+        if ev.unit != Unit::Bumped {
+            metrics.add_bytes(ev.bytes_up, ev.bytes_down);
+        }
+        ev.emit(self.start.elapsed());
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ev.outcome = Outcome::Aborted;
+            self.emit();
+        }
+    }
+}
+
+/// Everything one unit of work needs, from admission to its access event.
+#[derive(Debug)]
+pub struct ReqCtx {
+    pub conn: Arc<ConnCtx>,
+    pub snap: Arc<Snapshot>,
+    pub port: u16,
+    /// Set by admission; `None` while the request is still being parsed.
+    pub decision: Option<Decision>,
+    pub access: Access,
+    /// Fires when the kill switch is turned on after this unit started.
+    pub kill: CancellationToken,
+}
+
+impl ReqCtx {
+    /// A context for a new unit on `conn`, with the current snapshot. The kill token is taken
+    /// before any kill-switch check, so a unit admitted just before the switch cannot
+    /// outlive it.
+    pub fn new(conn: Arc<ConnCtx>, unit: Unit, start: Instant) -> ReqCtx {
+        let shared = conn.shared.clone();
+        let kill = shared.kill.token();
+        let snap = shared.snapshot();
+        let ev = AccessEvent::new(unit, conn.client, "", 0);
+        ReqCtx {
+            conn,
+            snap,
+            port: 0,
+            decision: None,
+            access: Access::new(shared, ev, start),
+            kill,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.conn.shared
+    }
+
+    pub fn ev(&mut self) -> &mut AccessEvent {
+        &mut self.access.ev
+    }
+
+    pub fn host(&self) -> &str {
+        &self.access.ev.host
+    }
+
+    /// Records the admitted host and decision.
+    pub fn admitted(&mut self, host: &Host, decision: Decision) {
+        self.access.ev.host = host.to_string();
+        self.access.ev.rung = Some(decision.rung);
+        self.access.ev.rule = Some(decision.rule_id.to_string());
+        self.decision = Some(decision);
+    }
+
+    pub fn rule_id(&self) -> &str {
+        self.decision.as_ref().map_or("", |d| &*d.rule_id)
+    }
+
+    /// A refusal of `kind` for this unit's destination and rule.
+    pub fn refusal(&self, kind: Kind) -> Refusal {
+        let rule = if kind == Kind::KillSwitch {
+            "kill_switch"
+        } else {
+            self.rule_id()
+        };
+        Refusal::new(kind, self.host(), self.port, rule)
+    }
+
+    /// Answers `r`: counts it, logs the access event, and builds the guest-facing response.
+    pub fn refuse(mut self, r: &Refusal) -> Response<Body> {
+        self.shared().metrics.refusal(r.kind);
+        if let Some(c) = &r.cause {
+            self.access.ev.error = Some(c.clone());
+        }
+        self.access.ev.status = Some(r.kind.status().as_u16());
+        self.access.finish(Outcome::Refused(r.kind));
+        refusal::respond(r)
+    }
+
+    /// Refuses with `kind` and a cause.
+    pub fn deny(self, kind: Kind, cause: impl Into<String>) -> Response<Body> {
+        let r = self.refusal(kind).with_cause(cause);
+        self.refuse(&r)
+    }
+}

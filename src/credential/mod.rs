@@ -1,0 +1,398 @@
+//! Credential injection: a scoped handle in, the real credential out — only on the way to the
+//! destination the credential belongs to.
+//!
+//! For a bumped request this stage (1) finds every handle the request carries, in any header or
+//! in the URI; (2) refuses handles sent to a destination without that credential (exfiltration
+//! attempt, audited); (3) for the destination's credential, verifies the handle (signature,
+//! expiry, revocation) and its scope (credential, host, method, path), waits for the secret
+//! up to `initial_fetch_timeout`, and replaces the binding header with the credential. The CONNECT
+//! host, the SNI and the request host were already checked to fall under one rule (`bump`), and
+//! the dialer vets the address it connects to, so injection only happens when all agree.
+//! One audit event per redemption attempt; never the secret, never the whole handle.
+
+mod mtls;
+pub mod oauth;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use egress_handle::{HandleAuthority, HandleError};
+use egress_sds::{Secret, SecretStore};
+use http::HeaderValue;
+use http::request::Parts;
+
+use crate::credential::oauth::{OauthError, OauthTokens};
+use crate::net::host::Host;
+use crate::observe::metrics::Metrics;
+use crate::policy::{Credential, Rule};
+use crate::refusal::{Kind, Refusal};
+use crate::state::Snapshot;
+use crate::upstream::client::HttpClient;
+
+/// The destination a credential stage call is about: all it needs of the request's context.
+#[derive(Clone, Copy, Debug)]
+pub struct Dest<'a> {
+    pub snap: &'a Snapshot,
+    pub host: &'a Host,
+    pub port: u16,
+    pub rule: Option<&'a Rule>,
+    pub rule_id: &'a str,
+}
+
+impl Dest<'_> {
+    fn refusal(&self, kind: Kind, cause: &str) -> Refusal {
+        Refusal::new(kind, self.host.to_string(), self.port, self.rule_id).with_cause(cause)
+    }
+}
+
+pub const AUDIT_TARGET: &str = "egress_edge::audit";
+
+/// What injection needs, built once at startup.
+#[derive(Debug)]
+pub struct Injector {
+    pub handles: Arc<HandleAuthority>,
+    pub secrets: Option<SecretStore>,
+    pub initial_fetch_timeout: Duration,
+    pub oauth: OauthTokens,
+    mtls: moka::sync::Cache<(String, String), HttpClient>,
+    /// Handles whose signature already verified. Ed25519 verification costs ~30 µs, which at
+    /// keep-alive rates is most of a core; expiry and revocation are still checked on every
+    /// request, and a miss (or any doubt) goes through the full verification.
+    verified: moka::sync::Cache<String, Arc<egress_handle::Claims>>,
+}
+
+impl Injector {
+    pub fn new(
+        handles: Arc<HandleAuthority>,
+        secrets: Option<SecretStore>,
+        initial_fetch_timeout: Duration,
+    ) -> Injector {
+        Injector {
+            handles,
+            secrets,
+            initial_fetch_timeout,
+            oauth: OauthTokens::new(),
+            mtls: moka::sync::Cache::new(256),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(16 * 1024)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+
+    /// Full verification, or a cached signature check plus fresh expiry and revocation checks.
+    fn verify(&self, token: &str) -> Result<Arc<egress_handle::Claims>, HandleError> {
+        let now = SystemTime::now();
+        if let Some(c) = self.verified.get(token)
+            && now < c.expires_at()
+            && !self.handles.revocations().is_revoked(&c)
+        {
+            return Ok(c);
+        }
+        let claims = Arc::new(self.handles.verify(token, now)?);
+        self.verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+}
+
+/// Every handle in the request's headers and URI, with where it was found.
+fn handles_in(parts: &Parts) -> Vec<(Option<http::HeaderName>, String)> {
+    let mut found = Vec::new();
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            for h in egress_handle::find_handles(v) {
+                found.push((Some(name.clone()), h.into_owned()));
+            }
+        }
+    }
+    for h in egress_handle::find_handles(&parts.uri.to_string()) {
+        found.push((None, h.into_owned()));
+    }
+    found
+}
+
+/// Refuses any request that carries a handle on a path where no credential can apply
+/// (absolute-form plain HTTP): a handle never reaches an upstream.
+pub fn refuse_stray_handles(
+    metrics: &Metrics,
+    parts: &Parts,
+    host: &str,
+    port: u16,
+    rule: &str,
+) -> Result<(), Refusal> {
+    match handles_in(parts).first() {
+        Some((_, h)) => Err(exfiltration(
+            metrics,
+            h,
+            "",
+            Refusal::new(Kind::HandleOutOfScope, host, port, rule),
+            NO_CREDENTIAL,
+        )),
+        None => Ok(()),
+    }
+}
+
+const NO_CREDENTIAL: &str =
+    "a credential handle was sent to a destination that holds no credential";
+
+/// Audits and counts a handle found where it can never be redeemed, and returns the
+/// `handle_out_of_scope` refusal (`base`) with its cause.
+fn exfiltration(
+    metrics: &Metrics,
+    handle: &str,
+    credential: &str,
+    base: Refusal,
+    cause: &str,
+) -> Refusal {
+    audit(
+        None,
+        None,
+        credential,
+        &base.host,
+        "exfiltration_attempt",
+        &egress_handle::redact(handle),
+    );
+    metrics.handle("exfiltration_attempt");
+    base.with_cause(cause)
+}
+
+fn audit(
+    id: Option<&str>,
+    session: Option<&str>,
+    credential: &str,
+    destination: &str,
+    outcome: &str,
+    handle: &str,
+) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        handle_id = id.unwrap_or(""),
+        session = session.unwrap_or(""),
+        credential,
+        destination,
+        outcome,
+        handle = handle,
+        "handle redemption"
+    );
+}
+
+impl Injector {
+    /// Applies the destination's credential, if any; returns a client to use instead of the
+    /// default one (mTLS credentials).
+    pub async fn apply(
+        &self,
+        dest: &Dest<'_>,
+        parts: &mut Parts,
+        metrics: &Metrics,
+    ) -> Result<Option<HttpClient>, Refusal> {
+        let shown = dest.host.to_string();
+        let found = handles_in(parts);
+        let credential = dest.rule.and_then(|r| r.credential.as_ref());
+        let Some(credential) = credential else {
+            if let Some((_, h)) = found.first() {
+                return Err(exfiltration(
+                    metrics,
+                    h,
+                    "",
+                    dest.refusal(Kind::HandleOutOfScope, ""),
+                    NO_CREDENTIAL,
+                ));
+            }
+            return Ok(None);
+        };
+        let secret_name = credential.secret_name();
+        let binding = credential.header();
+        // A handle outside the binding header (or in the URI) is never redeemed: it would be
+        // forwarded as-is otherwise.
+        let (in_binding, stray): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|(where_, _)| match binding {
+                Some(b) => where_.as_ref() == Some(b),
+                None => where_.is_some(),
+            });
+        if let Some((_, h)) = stray.first() {
+            return Err(exfiltration(
+                metrics,
+                h,
+                secret_name,
+                dest.refusal(Kind::HandleOutOfScope, ""),
+                "a handle was sent outside the credential's header",
+            ));
+        }
+        let token = match in_binding.as_slice() {
+            [] => {
+                if dest.rule.is_some_and(|r| r.require_handle) {
+                    metrics.handle("handle_required");
+                    return Err(dest.refusal(Kind::HandleRequired, "no handle in the request"));
+                }
+                return Ok(None);
+            }
+            [(_, t)] => t.clone(),
+            _ => {
+                return Err(
+                    dest.refusal(Kind::HandleInvalid, "more than one handle in the request")
+                );
+            }
+        };
+        let redacted = egress_handle::redact(&token);
+        let claims = match self.verify(&token) {
+            Ok(c) => c,
+            Err(e) => {
+                audit(None, None, secret_name, &shown, e.code(), &redacted);
+                metrics.handle(e.code());
+                return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle {redacted}")));
+            }
+        };
+        let id = claims.id();
+        let method = parts.method.as_str().to_owned();
+        let path = parts.uri.path().to_owned();
+        let host_only = dest
+            .host
+            .as_name()
+            .map(str::to_owned)
+            .unwrap_or_else(|| shown.clone());
+        if let Err(e) = claims.authorize(secret_name, &host_only, &method, &path) {
+            audit(
+                Some(&id),
+                claims.session(),
+                secret_name,
+                &shown,
+                e.code(),
+                &redacted,
+            );
+            metrics.handle(e.code());
+            return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle id {id}")));
+        }
+        let outcome = self.inject(dest, credential, parts).await;
+        let label = if outcome.is_ok() {
+            "redeemed"
+        } else {
+            "credential_unavailable"
+        };
+        audit(
+            Some(&id),
+            claims.session(),
+            secret_name,
+            &shown,
+            label,
+            &redacted,
+        );
+        metrics.handle(label);
+        outcome.map_err(|e| dest.refusal(Kind::CredentialUnavailable, &e.to_string()))
+    }
+
+    /// Puts the credential on the request (or selects the mTLS client). Errors are causes for
+    /// `credential_unavailable`; they never contain secret material.
+    /// Puts the credential on the request (or selects the mTLS client).
+    async fn inject(
+        &self,
+        dest: &Dest<'_>,
+        credential: &Credential,
+        parts: &mut Parts,
+    ) -> Result<Option<HttpClient>, Unavailable> {
+        let Some(store) = &self.secrets else {
+            return Err(Unavailable::NoSource);
+        };
+        let name = credential.secret_name();
+        let versioned = store
+            .wait(name, self.initial_fetch_timeout)
+            .await
+            .map_err(|_| Unavailable::NotDelivered(name.to_owned()))?;
+        match credential {
+            Credential::Header { header, format, .. } => {
+                let Secret::Generic {
+                    value: Some(value), ..
+                } = &*versioned.secret
+                else {
+                    return Err(Unavailable::WrongKind(
+                        name.to_owned(),
+                        "a single-value generic secret",
+                    ));
+                };
+                let filled = fill(format, value.expose())
+                    .map_err(|()| Unavailable::NotText(name.to_owned()))?;
+                let mut hv = HeaderValue::from_bytes(filled.as_bytes())
+                    .map_err(|_| Unavailable::NotHeaderValue(name.to_owned()))?;
+                hv.set_sensitive(true);
+                parts.headers.insert(header.clone(), hv);
+                Ok(None)
+            }
+            Credential::Oauth2 { header, .. } => {
+                let token = self.oauth.token(dest, credential, &versioned).await?;
+                let mut hv = HeaderValue::from_str(&format!(
+                    "Bearer {}",
+                    token.expose_str().unwrap_or_default()
+                ))
+                .map_err(|_| Unavailable::Oauth(OauthError::UnusableToken))?;
+                hv.set_sensitive(true);
+                parts.headers.insert(header.clone(), hv);
+                Ok(None)
+            }
+            Credential::ClientCert { .. } => {
+                // The handle travelled in some header; it must not go upstream.
+                let names: Vec<_> = parts
+                    .headers
+                    .iter()
+                    .filter(|(_, v)| v.to_str().is_ok_and(egress_handle::contains_handle))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for n in names {
+                    parts.headers.remove(n);
+                }
+                let key = (name.to_owned(), versioned.version.clone());
+                if let Some(c) = self.mtls.get(&key) {
+                    return Ok(Some(c));
+                }
+                let Secret::TlsCertificate { chain_pem, key_pem } = &*versioned.secret else {
+                    return Err(Unavailable::WrongKind(name.to_owned(), "a tls_certificate"));
+                };
+                let client = mtls::client(dest.snap, chain_pem, key_pem.expose())
+                    .map_err(|e| Unavailable::ClientCert(name.to_owned(), e))?;
+                self.mtls.insert(key, client.clone());
+                Ok(Some(client))
+            }
+        }
+    }
+}
+
+/// Why a verified handle's credential could not be put on the request: the cause of a
+/// `credential_unavailable` refusal. Never carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no secret source is configured")]
+    NoSource,
+    #[error("secret `{0}` has not been delivered by the secret source")]
+    NotDelivered(String),
+    #[error("secret `{0}` is not {1}")]
+    WrongKind(String, &'static str),
+    #[error("secret `{0}` is not UTF-8 text")]
+    NotText(String),
+    #[error("secret `{0}` is not a valid header value")]
+    NotHeaderValue(String),
+    #[error("secret `{0}`: {1}")]
+    ClientCert(String, mtls::MtlsError),
+    #[error(transparent)]
+    Oauth(#[from] OauthError),
+}
+
+/// Fills a header template; `Err` when `{secret}` is wanted and the secret is not text.
+fn fill(format: &str, secret: &[u8]) -> Result<String, ()> {
+    if format.contains("{secret_base64}") {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        return Ok(format.replace("{secret_base64}", &b64));
+    }
+    let text = std::str::from_utf8(secret).map_err(|_| ())?;
+    Ok(format.replace("{secret}", text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert_eq!(fill("Bearer {secret}", b"sk-1").unwrap(), "Bearer sk-1");
+        assert_eq!(fill("Basic {secret_base64}", b"u:p").unwrap(), "Basic dTpw");
+        assert!(fill("{secret}", &[0xff]).is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! Accepting guest connections and serving HTTP/1.1 proxy requests on them.
+//!
+//! Enforces the connection limit (refusing the excess with a `proxy_overloaded` body rather
+//! than leaving it in the backlog), the header size limit and the header read timeout, and
+//! drains on shutdown: stop accepting, let in-flight requests finish, close idle keep-alive
+//! connections. Tunnels and bump sessions spawned from a connection are tracked by the same
+//! task tracker and end at hard stop. It makes no policy decisions.
+
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::context::{ConnCtx, Identity};
+use crate::frontend::forward_proxy;
+use crate::refusal::{self, Kind, Refusal};
+use crate::rung::Ladder;
+use crate::state::Shared;
+
+/// The explicit proxy listener and what its connections are served with.
+#[derive(Debug)]
+pub struct ProxyListener {
+    pub listener: TcpListener,
+    pub shared: Arc<Shared>,
+    pub ladder: Arc<Ladder>,
+}
+
+impl ProxyListener {
+    /// Accepts until `shared.draining` fires.
+    pub async fn run(self) {
+        let max = self.shared.snapshot().config.proxy.max_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = self.shared.draining.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                self.shared.metrics.refusal(Kind::Overloaded);
+                self.shared.tasks.spawn(overloaded(stream));
+                continue;
+            };
+            let ctx = Arc::new(ConnCtx {
+                shared: self.shared.clone(),
+                client: peer,
+                permit: Arc::new(permit),
+                identity: Identity::Anonymous,
+            });
+            self.shared
+                .tasks
+                .spawn(serve(stream, ctx, self.ladder.clone()));
+        }
+    }
+}
+
+async fn overloaded(mut stream: TcpStream) {
+    let r = Refusal::new(Kind::Overloaded, "", 0, "proxy.max_connections");
+    let _ = stream.write_all(&refusal::raw_http1(&r)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, ladder: Arc<Ladder>) {
+    let cfg = ctx.shared.snapshot().config.clone();
+    let shared = ctx.shared.clone();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.proxy.header_read_timeout)
+        .max_buf_size(cfg.proxy.max_header_bytes)
+        .keep_alive(true);
+    let svc_ctx = ctx.clone();
+    let service =
+        service_fn(move |req| forward_proxy::handle(req, svc_ctx.clone(), ladder.clone()));
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(client = %ctx.client, error = %e, "guest connection ended with an error");
+            }
+        }
+        () = shared.draining.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shared.hard_stop.cancelled() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The canonical decision log: one structured event per tunnel or proxied request.
+//!
+//! Field names are constants so tests, dashboards and log pipelines share one spelling. The
+//! event carries destinations, decisions and byte counts — never header values, secrets or
+//! handles. Audit events for credential redemption live with the injector, not here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::policy::Rung;
+use crate::refusal::Kind;
+use crate::upstream::tunnel::End;
+
+/// Log target of access events (filterable with `log.level: egress_edge::access=info`).
+pub const TARGET: &str = "egress_edge::access";
+
+pub mod fields {
+    pub const KIND: &str = "kind";
+    pub const CLIENT: &str = "client";
+    pub const HOST: &str = "host";
+    pub const PORT: &str = "port";
+    pub const SNI: &str = "sni";
+    pub const RESOLVED: &str = "resolved";
+    pub const RUNG: &str = "rung";
+    pub const RULE: &str = "rule";
+    pub const METHOD: &str = "method";
+    pub const STATUS: &str = "status";
+    pub const BYTES_UP: &str = "bytes_up";
+    pub const BYTES_DOWN: &str = "bytes_down";
+    pub const DURATION_MS: &str = "duration_ms";
+    pub const OUTCOME: &str = "outcome";
+    pub const ERROR: &str = "error";
+}
+
+/// How a unit ended: the closed set of values of the `outcome` field and metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Completed normally (a tunnel both sides closed, a response fully relayed).
+    Ok,
+    /// Refused by the proxy with this code.
+    Refused(Kind),
+    IdleTimeout,
+    Shutdown,
+    KillSwitch,
+    /// An I/O error on either side (reset, broken pipe).
+    IoError,
+    /// The HTTP upgrade (CONNECT or WebSocket) never completed.
+    UpgradeFailed,
+    HandshakeTimeout,
+    /// The guest went away before sending a ClientHello.
+    GuestClosed,
+    /// The guest sent something that is not TLS into a TLS tunnel.
+    NotTls,
+    SniMismatch,
+    /// The upstream connection failed after the tunnel was established.
+    UpstreamConnect,
+    LeafMintFailed,
+    GuestTlsFailed,
+    /// The unit was dropped before any stage recorded how it ended.
+    Aborted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused(k) => k.code(),
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::Shutdown => "shutdown",
+            Outcome::KillSwitch => "kill_switch",
+            Outcome::IoError => "io_error",
+            Outcome::UpgradeFailed => "upgrade_failed",
+            Outcome::HandshakeTimeout => "handshake_timeout",
+            Outcome::GuestClosed => "guest_closed",
+            Outcome::NotTls => "not_tls",
+            Outcome::SniMismatch => "sni_mismatch",
+            Outcome::UpstreamConnect => "upstream_connect",
+            Outcome::LeafMintFailed => "leaf_mint_failed",
+            Outcome::GuestTlsFailed => "guest_tls_failed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+impl From<End> for Outcome {
+    fn from(end: End) -> Outcome {
+        match end {
+            End::Closed => Outcome::Ok,
+            End::IdleTimeout => Outcome::IdleTimeout,
+            End::Shutdown => Outcome::Shutdown,
+            End::KillSwitch => Outcome::KillSwitch,
+            End::Error => Outcome::IoError,
+        }
+    }
+}
+
+/// What kind of unit the event describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Tunnel,
+    Request,
+    Bumped,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Tunnel => "tunnel",
+            Unit::Request => "request",
+            Unit::Bumped => "bump_session",
+        }
+    }
+}
+
+/// The facts of one access; filled in as the stages learn them, emitted once.
+#[derive(Debug)]
+pub struct AccessEvent {
+    pub unit: Unit,
+    pub client: SocketAddr,
+    pub host: String,
+    pub port: u16,
+    pub sni: Option<String>,
+    pub resolved: Option<SocketAddr>,
+    pub rung: Option<Rung>,
+    pub rule: Option<String>,
+    pub method: Option<String>,
+    pub status: Option<u16>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// `ok`, a refusal code, or a closing reason (`idle_timeout`, `shutdown`, `kill_switch`).
+    pub outcome: Outcome,
+    pub error: Option<String>,
+}
+
+impl AccessEvent {
+    pub fn new(unit: Unit, client: SocketAddr, host: impl Into<String>, port: u16) -> AccessEvent {
+        AccessEvent {
+            unit,
+            client,
+            host: host.into(),
+            port,
+            sni: None,
+            resolved: None,
+            rung: None,
+            rule: None,
+            method: None,
+            status: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: Outcome::Ok,
+            error: None,
+        }
+    }
+
+    /// Emits the event. tracing needs literal field names; `fields` must spell them the same
+    /// way, which the test below checks against a real JSON log line.
+    pub fn emit(&self, elapsed: Duration) {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        tracing::info!(
+            target: TARGET,
+            kind = self.unit.as_str(),
+            client = tracing::field::display(&self.client),
+            host = self.host.as_str(),
+            port = self.port,
+            sni = opt(&self.sni),
+            resolved = self.resolved.map(|a| a.to_string()).unwrap_or_default(),
+            rung = self.rung.map(Rung::as_str).unwrap_or(""),
+            rule = opt(&self.rule),
+            method = opt(&self.method),
+            status = self.status.unwrap_or(0),
+            bytes_up = self.bytes_up,
+            bytes_down = self.bytes_down,
+            duration_ms = elapsed.as_millis() as u64,
+            outcome = self.outcome.as_str(),
+            error = opt(&self.error),
+            "access"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_fields_match_constants() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let ev = AccessEvent::new(Unit::Tunnel, "127.0.0.1:1".parse().unwrap(), "a.test", 443);
+            ev.emit(Duration::from_millis(3));
+        });
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        for f in [
+            fields::KIND,
+            fields::CLIENT,
+            fields::HOST,
+            fields::PORT,
+            fields::SNI,
+            fields::RESOLVED,
+            fields::RUNG,
+            fields::RULE,
+            fields::METHOD,
+            fields::STATUS,
+            fields::BYTES_UP,
+            fields::BYTES_DOWN,
+            fields::DURATION_MS,
+            fields::OUTCOME,
+            fields::ERROR,
+        ] {
+            assert!(v.get(f).is_some(), "field {f} missing from {line}");
+        }
+        assert_eq!(v[fields::HOST], "a.test");
+    }
+}

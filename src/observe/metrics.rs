@@ -1,0 +1,248 @@
+//! Prometheus metrics (prometheus-client): the registry and the handles stages update.
+//!
+//! Label values are drawn from closed sets (rungs, refusal codes, outcomes, directions) or
+//! from config (rule ids, secret names) — never from guest input such as hostnames, so a guest
+//! cannot blow up cardinality — and never from secret values.
+
+use std::sync::Mutex;
+use std::sync::PoisonError;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::observe::access_log::Outcome;
+use crate::policy::Rung;
+use crate::refusal::Kind;
+
+/// The `rung` label of a unit whose decision is known (`none` before the policy ran).
+fn rung_label(rung: Option<Rung>) -> String {
+    rung.map_or("none", Rung::as_str).to_owned()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RungOutcome {
+    pub rung: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RungLabel {
+    pub rung: String,
+}
+
+type Hist = Family<RungLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub connections: Family<RungOutcome, Counter>,
+    pub requests: Family<RungOutcome, Counter>,
+    pub refusals: Family<CodeLabel, Counter>,
+    pub bytes: Family<DirectionLabel, Counter>,
+    pub active_tunnels: Gauge,
+    pub connect_latency: Hist,
+    pub request_latency: Hist,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub admin_auth_failures: Family<CodeLabel, Counter>,
+    pub handles: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("egress_edge");
+        let connections = Family::<RungOutcome, Counter>::default();
+        let requests = Family::<RungOutcome, Counter>::default();
+        let refusals = Family::<CodeLabel, Counter>::default();
+        let bytes = Family::<DirectionLabel, Counter>::default();
+        let active_tunnels = Gauge::default();
+        let connect_latency: Hist = Family::new_with_constructor(latency_histogram);
+        let request_latency: Hist = Family::new_with_constructor(latency_histogram);
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        let admin_auth_failures = Family::<CodeLabel, Counter>::default();
+        let handles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "handle_redemptions",
+            "Handle redemption attempts by result (redeemed or a refusal code)",
+            handles.clone(),
+        );
+        registry.register(
+            "connections",
+            "Guest connections (CONNECT tunnels and bump sessions) by rung and outcome",
+            connections.clone(),
+        );
+        registry.register(
+            "requests",
+            "Proxied HTTP requests by rung and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Refusals sent to guests, by code",
+            refusals.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed, by direction (up: guest to upstream)",
+            bytes.clone(),
+        );
+        registry.register(
+            "active_tunnels",
+            "Open pass-through tunnels and bump sessions",
+            active_tunnels.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Time to resolve, vet and connect to an upstream",
+            connect_latency.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time from request to upstream response headers",
+            request_latency.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "admin_auth_failures",
+            "Admin API authentication failures by reason",
+            admin_auth_failures.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            connections,
+            requests,
+            refusals,
+            bytes,
+            active_tunnels,
+            connect_latency,
+            request_latency,
+            config_reloads,
+            admin_auth_failures,
+            handles,
+        }
+    }
+
+    /// Lets other stages (leaf cache, secret source, handles) register their own series.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut reg)
+    }
+
+    pub fn handle(&self, result: &str) {
+        self.handles
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refusal(&self, kind: Kind) {
+        self.refusals
+            .get_or_create(&CodeLabel {
+                code: kind.code().to_owned(),
+            })
+            .inc();
+    }
+
+    /// A tunnel or bump session ended.
+    pub fn connection(&self, rung: Option<Rung>, outcome: Outcome) {
+        self.connections
+            .get_or_create(&RungOutcome {
+                rung: rung_label(rung),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// A proxied request ended.
+    pub fn request(&self, rung: Option<Rung>, outcome: Outcome) {
+        self.requests
+            .get_or_create(&RungOutcome {
+                rung: rung_label(rung),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Time to resolve, vet and connect, by rung.
+    pub fn connect_latency(&self, rung: Rung, seconds: f64) {
+        self.connect_latency
+            .get_or_create(&RungLabel {
+                rung: rung.as_str().to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Time from sending a request upstream to its response headers, by rung.
+    pub fn request_latency(&self, rung: Option<Rung>, seconds: f64) {
+        self.request_latency
+            .get_or_create(&RungLabel {
+                rung: rung_label(rung),
+            })
+            .observe(seconds);
+    }
+
+    /// A config reload was applied (`ok`) or rejected (`failed`).
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn add_bytes(&self, up: u64, down: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabel {
+                direction: "up".into(),
+            })
+            .inc_by(up);
+        self.bytes
+            .get_or_create(&DirectionLabel {
+                direction: "down".into(),
+            })
+            .inc_by(down);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        // Encoding into a String only fails on fmt errors, which String never returns.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        out
+    }
+}

@@ -1,0 +1,87 @@
+//! State shared by every connection: the current policy snapshot, the kill switch, shutdown
+//! signals and the task tracker.
+//!
+//! A [`Snapshot`] is immutable; a reload ([`reload`]) builds a new one through
+//! [`Snapshot::build`] and swaps it in, so a connection that took a snapshot keeps the decision
+//! it was made with. This folder holds state; it does not serve traffic.
+
+pub mod reload;
+pub mod snapshot;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::observe::metrics::Metrics;
+
+pub use snapshot::{Snapshot, Sources};
+
+/// Denies new egress and closes open tunnels while enabled.
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    enabled: AtomicBool,
+    /// Cancelled (and replaced) when the switch is turned on; tunnels hold the current one.
+    generation: Mutex<CancellationToken>,
+}
+
+impl KillSwitch {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
+    /// The token that fires when the switch is next turned on.
+    pub fn token(&self) -> CancellationToken {
+        self.generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set(&self, on: bool) {
+        let mut generation = self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let was = self.enabled.swap(on, Ordering::SeqCst);
+        if on && !was {
+            generation.cancel();
+            *generation = CancellationToken::new();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    pub kill: KillSwitch,
+    /// Stop accepting; ask keep-alive connections to close.
+    pub draining: CancellationToken,
+    /// Grace period over: end tunnels and sessions now.
+    pub hard_stop: CancellationToken,
+    pub tasks: TaskTracker,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Metrics) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(snapshot),
+            kill: KillSwitch::default(),
+            draining: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}

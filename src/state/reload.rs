@@ -1,0 +1,116 @@
+//! Hot reload: re-read the config file, validate it, and swap in a new policy snapshot.
+//!
+//! Triggered by SIGHUP and by a change of the config file (polled: robust against editors
+//! that replace the file and against Kubernetes ConfigMap symlink swaps). Only what can change
+//! safely while serving is reloaded — destinations, default rung, network, upstream trust and
+//! timeouts. A change to listeners, admin auth, state dir, CA, secret source or log settings is
+//! refused with a message saying a restart is needed, and the old policy keeps serving.
+//! Established tunnels keep the snapshot they were decided with; new connections use the new
+//! one. The kill switch lives outside snapshots, so its state survives a reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Config, ConfigError};
+use crate::state::snapshot::{CoverageError, Sources, check_ca_coverage};
+use crate::state::{Shared, Snapshot};
+use crate::upstream::tls::TrustError;
+
+/// Everything a reload needs besides the new file.
+#[derive(Debug)]
+pub struct Reloader {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sources: Sources,
+    pub(crate) ca: Option<Arc<egress_ca::DeploymentCa>>,
+}
+
+/// Why a reload was rejected; the previous policy keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0} changed: this needs a restart")]
+    NeedsRestart(&'static str),
+    #[error("{0}: this needs a restart with a suitable CA")]
+    Coverage(#[from] CoverageError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+/// The first section that differs and cannot change while serving.
+fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
+    let changed: [(&'static str, bool); 8] = [
+        ("proxy.listen", old.proxy.listen != new.proxy.listen),
+        (
+            "proxy.max_connections",
+            old.proxy.max_connections != new.proxy.max_connections,
+        ),
+        ("admin", old.admin != new.admin),
+        ("log", old.log != new.log),
+        ("state_dir", old.state_dir != new.state_dir),
+        ("ca", old.ca != new.ca),
+        ("secrets", old.secrets != new.secrets),
+        ("handles", old.handle_max_ttl != new.handle_max_ttl),
+    ];
+    changed.into_iter().find(|(_, c)| *c).map(|(k, _)| k)
+}
+
+impl Reloader {
+    /// Validates `new` against the running process and swaps it in.
+    pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
+        let current = self.shared.snapshot().config.clone();
+        if let Some(key) = fixed_section_changed(&current, &new) {
+            return Err(ReloadError::NeedsRestart(key));
+        }
+        check_ca_coverage(self.ca.as_deref(), &new.policy)?;
+        if matches!(new.secrets, Some(config::SecretsConfig::Sds(_)))
+            && new.referenced_secrets() != current.referenced_secrets()
+        {
+            return Err(ReloadError::NeedsRestart(
+                "the set of secrets subscribed over SDS",
+            ));
+        }
+        let snapshot = Snapshot::build(Arc::new(new), &self.sources)?;
+        self.shared.replace(snapshot);
+        Ok(())
+    }
+
+    /// Reads, parses and applies `path`, counting the result.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
+        let result = config::load_file(path)
+            .map_err(ReloadError::from)
+            .and_then(|c| self.apply(c));
+        self.shared.metrics.reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "config reload rejected; the previous policy keeps serving")
+            }
+        }
+        result
+    }
+
+    /// Reloads on SIGHUP and whenever the file's contents change, until draining.
+    pub fn watch(self: Arc<Self>, path: PathBuf) {
+        let stop = self.shared.draining.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&path).ok();
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let forced = tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => false,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                let now = std::fs::read(&path).ok();
+                if forced || (now.is_some() && now != last) {
+                    last = now;
+                    let _ = self.reload_file(&path);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,554 @@
+//! The bump rung: per-deployment CA, per-SNI leaves, verified re-origination, real clients.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Env {
+    pki: Pki,
+    up: std::net::SocketAddr,
+    seen: Arc<Seen>,
+    proxy: Proxy,
+}
+
+async fn bump_env(leaf: Option<Leaf>) -> Env {
+    let pki = Pki::new("upstream test CA");
+    let leaf = leaf.unwrap_or_else(|| pki.leaf(&["bump.test", "a.wild.test", "b.wild.test"]));
+    let (up, seen) = start_upstream(Some(server_config(&leaf, &[b"h2", b"http/1.1"]))).await;
+    let proxy = bump_proxy(&pki, up.port()).await;
+    Env {
+        pki,
+        up,
+        seen,
+        proxy,
+    }
+}
+
+async fn bump_proxy(pki: &Pki, port: u16) -> Proxy {
+    let yaml = format!(
+        "state_dir: STATE_DIR
+upstream: {{ extra_roots: [{ca}] }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ bump.test: 127.0.0.1, a.wild.test: 127.0.0.1, b.wild.test: 127.0.0.1, other.test: 127.0.0.1 }} }}
+destinations:
+  - {{ host: bump.test, ports: [{port}], rung: bump }}
+  - {{ host: '*.wild.test', ports: [{port}], rung: bump }}
+  - {{ host: other.test, ports: [{port}], rung: passthrough }}
+",
+        ca = pki.ca_path().display()
+    );
+    Proxy::start(&yaml).await
+}
+
+fn curl_args(env: &Env, extra: &[&str], url: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "-x".into(),
+        env.proxy.url(),
+        "--cacert".into(),
+        env.proxy.bump_ca_path().display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.push(url.to_owned());
+    v
+}
+
+#[tokio::test]
+async fn curl_http1_and_http2_through_the_bump_see_a_minted_leaf() {
+    let env = bump_env(None).await;
+    let url = format!("https://bump.test:{}/small", env.up.port());
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (code, out, err) = curl_async(curl_args(
+            &env,
+            &["-v", flag, "-w", "\n%{http_version}"],
+            &url,
+        ))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("hello\n{version}"));
+        assert!(
+            err.contains("issuer: O=egress-edge") || err.contains("egress-edge CA"),
+            "{err}"
+        );
+        assert!(
+            err.contains("subject: CN=bump.test") || err.contains("bump.test"),
+            "{err}"
+        );
+    }
+    // The upstream saw re-originated requests over its own verified TLS.
+    assert!(
+        env.seen
+            .handshakes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn python_urllib_through_the_bump() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: python3 not found");
+        return;
+    }
+    let env = bump_env(None).await;
+    let script = r#"
+import ssl, sys, urllib.request
+proxy, ca, url = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": proxy}), urllib.request.HTTPSHandler(context=ctx))
+print(opener.open(url, timeout=15).read().decode(), end="")
+"#;
+    let args = vec![
+        "-c".to_owned(),
+        script.to_owned(),
+        env.proxy.url(),
+        env.proxy.bump_ca_path().display().to_string(),
+        format!("https://bump.test:{}/small", env.up.port()),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+}
+
+/// A hyper client over CONNECT + TLS trusting the bump CA.
+async fn h_client(
+    env: &Env,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tls = tls_through(
+        env.proxy.addr,
+        &format!("{sni}:{}", env.up.port()),
+        sni,
+        client_config(env.proxy.bump_roots(), alpn),
+    )
+    .await
+    .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    send
+}
+
+#[tokio::test]
+async fn server_sent_events_stream_without_buffering() {
+    let env = bump_env(None).await;
+    let mut send = h_client(&env, "bump.test", &[b"http/1.1"]).await;
+    let t0 = Instant::now();
+    let req = http::Request::get("/sse")
+        .header("host", format!("bump.test:{}", env.up.port()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first_at = t0.elapsed();
+    assert_eq!(&first[..], b"data: one\n\n");
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&second[..], b"data: two\n\n");
+    let total = t0.elapsed();
+    assert!(
+        total >= Duration::from_millis(1400),
+        "upstream sleeps 1.5s between events: {total:?}"
+    );
+    assert!(
+        first_at < Duration::from_millis(1000),
+        "first event must arrive before the upstream finishes: {first_at:?}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_bump() {
+    let env = bump_env(None).await;
+    let mut tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{}", env.up.port()),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    tls.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: bump.test:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            env.up.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, headers, _) = read_response(&mut tls).await;
+    assert_eq!(status, 101);
+    assert_eq!(
+        header(&headers, "sec-websocket-accept"),
+        Some(ws_accept(key).as_str())
+    );
+    let payload = b"ping through bump";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tls.write_all(&frame).await.unwrap();
+    let mut hdr = [0u8; 2];
+    tls.read_exact(&mut hdr).await.unwrap();
+    let mut echo = vec![0u8; (hdr[1] & 0x7f) as usize];
+    tls.read_exact(&mut echo).await.unwrap();
+    assert_eq!(echo, payload);
+}
+
+/// An upgrade the upstream declines is relayed as an ordinary response, and the request is
+/// logged and counted like any other (it used to skip the `requests` metric).
+#[tokio::test]
+async fn declined_upgrade_is_counted_once() {
+    let env = bump_env(None).await;
+    let mut tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{}", env.up.port()),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    tls.write_all(
+        format!(
+            "GET /small HTTP/1.1\r\nHost: bump.test:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            env.up.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = read_response(&mut tls).await;
+    assert_eq!(status, 200, "the upstream declined the upgrade");
+    env.proxy
+        .wait_metric("egress_edge_requests_total{rung=\"bump\",outcome=\"ok\"} 1")
+        .await;
+}
+
+#[tokio::test]
+async fn http2_trailers_pass_through_the_bump() {
+    let env = bump_env(None).await;
+    let tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{}", env.up.port()),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://bump.test:{}/trailers", env.up.port()))
+        .header("te", "trailers")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"body");
+}
+
+#[tokio::test]
+async fn host_mismatch_inside_a_bumped_session_is_refused() {
+    let env = bump_env(None).await;
+    let url = format!("https://bump.test:{}/headers", env.up.port());
+    for host in ["other.test", "evil.example", "a.wild.test"] {
+        let h = format!("Host: {host}:{}", env.up.port());
+        let (code, out, err) = curl_async(curl_args(&env, &["-H", &h, "-D", "-"], &url)).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("x-egress-edge-error: host_mismatch"),
+            "{host}: {out}"
+        );
+    }
+    assert!(env.seen.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_certificate_failures_are_502_with_the_cause() {
+    let pki = Pki::new("upstream test CA");
+    let stranger = Pki::new("unknown CA");
+    let cases: Vec<(&str, Leaf, &str)> = vec![
+        (
+            "expired",
+            pki.leaf_with(&["bump.test"], |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }),
+            "expired",
+        ),
+        (
+            "wrong name",
+            pki.leaf(&["elsewhere.test"]),
+            "not valid for this name",
+        ),
+        (
+            "unknown CA",
+            stranger.leaf(&["bump.test"]),
+            "unknown issuer",
+        ),
+        ("self-signed", self_signed(&["bump.test"]), "unknown issuer"),
+    ];
+    for (case, leaf, cause) in cases {
+        let (up, seen) = start_upstream(Some(server_config(&leaf, &[b"http/1.1"]))).await;
+        let proxy = bump_proxy(&pki, up.port()).await;
+        let env = Env {
+            pki: Pki::new("unused"),
+            up,
+            seen,
+            proxy,
+        };
+        let url = format!("https://bump.test:{}/small", env.up.port());
+        let (code, out, err) = curl_async(curl_args(&env, &["-D", "-"], &url)).await;
+        assert_eq!(code, 0, "{case}: {err}");
+        assert!(
+            out.contains("HTTP/1.1 502") || out.contains("HTTP/2 502"),
+            "{case}: {out}"
+        );
+        assert!(
+            out.contains("x-egress-edge-error: upstream_tls"),
+            "{case}: {out}"
+        );
+        assert!(out.contains(cause), "{case}: expected `{cause}` in {out}");
+        assert!(
+            env.seen.requests.lock().unwrap().is_empty(),
+            "{case}: the request must not reach the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_connect_failure_is_a_clear_502() {
+    let pki = Pki::new("upstream test CA");
+    // A port with nothing listening.
+    let port = {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let proxy = bump_proxy(&pki, port).await;
+    let env = Env {
+        pki,
+        up: format!("127.0.0.1:{port}").parse().unwrap(),
+        seen: Arc::new(Seen::default()),
+        proxy,
+    };
+    let url = format!("https://bump.test:{port}/small");
+    let (code, out, err) = curl_async(curl_args(&env, &["-D", "-"], &url)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("x-egress-edge-error: upstream_connect"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_for_one_sni_mint_once() {
+    let env = bump_env(None).await;
+    let url = format!("https://a.wild.test:{}/small", env.up.port());
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        tasks.push(tokio::spawn(curl_async(curl_args(&env, &[], &url))));
+    }
+    for t in tasks {
+        let (code, out, err) = t.await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "hello");
+    }
+    let m = env.proxy.metrics().await;
+    // bump.test was pre-minted at startup; a.wild.test exactly once more.
+    assert!(m.contains("egress_edge_leaf_mints_total 2"), "{m}");
+    let _ = &env.pki;
+}
+
+#[tokio::test]
+async fn generated_ca_is_name_constrained_to_bump_hosts() {
+    let env = bump_env(None).await;
+    let pem = std::fs::read_to_string(env.proxy.bump_ca_path()).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+            c.wait_with_output().unwrap()
+        });
+    let Ok(out) = out else {
+        eprintln!("SKIP: openssl not found");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Name Constraints"), "{text}");
+    assert!(
+        text.contains("DNS:bump.test") && text.contains("DNS:wild.test"),
+        "{text}"
+    );
+    assert!(text.contains("pathlen:0"), "{text}");
+}
+
+/// A real gRPC call (our own SDS server's `FetchSecrets`, served over TLS) made by a tonic
+/// client through the bump: HTTP/2 on both sides, `te: trailers`, and `grpc-status` trailers.
+#[tokio::test]
+async fn grpc_through_the_bump() {
+    let pki = Pki::new("upstream test CA");
+    let leaf = pki.leaf(&["grpc.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "grpc.pem", &leaf.cert_pem);
+    let key = write(dir.path(), "grpc-key.pem", &leaf.key_pem);
+    let secrets = write(
+        dir.path(),
+        "s.yaml",
+        "secrets:\n  demo: { value: grpc-through-bump }\n",
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tls = egress_sds::server::ServerTls {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let server = egress_sds::server::Server::with_listener(l, &secrets, Some(&tls)).unwrap();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    let yaml = format!(
+        "state_dir: STATE_DIR
+upstream: {{ extra_roots: [{}] }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ grpc.test: 127.0.0.1 }} }}
+destinations:
+  - {{ host: grpc.test, ports: [{port}], rung: bump }}
+",
+        pki.ca_path().display()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let (proxy_addr, roots) = (proxy.addr, proxy.bump_roots());
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let roots = roots.clone();
+        async move {
+            let tls = tls_through(
+                proxy_addr,
+                &format!("grpc.test:{port}"),
+                "grpc.test",
+                client_config(roots, &[b"h2"]),
+            )
+            .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://grpc.test:{port}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    let mut client = egress_sds::proto::SecretDiscoveryServiceClient::new(channel);
+    let resp = client
+        .fetch_secrets(egress_sds::proto::DiscoveryRequest {
+            node: Some(egress_sds::proto::Node {
+                id: "t".into(),
+                cluster: "t".into(),
+                ..Default::default()
+            }),
+            resource_names: vec!["demo".into()],
+            type_url: egress_sds::proto::SECRET_TYPE_URL.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.resources.len(), 1);
+    let (name, secret) = egress_sds::Secret::from_any(&resp.resources[0]).unwrap();
+    assert_eq!(name, "demo");
+    let egress_sds::Secret::Generic { value: Some(v), .. } = secret else {
+        panic!("generic expected")
+    };
+    assert_eq!(v.expose(), b"grpc-through-bump");
+    // A gRPC error status travels in trailers too.
+    let err = client
+        .fetch_secrets(egress_sds::proto::DiscoveryRequest {
+            type_url: "type.googleapis.com/wrong".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+/// Upstream trust roots delivered by the secret source (`validation_context`, as SPIRE and
+/// Istio agents serve them) verify re-originated TLS; without them the same upstream fails.
+#[tokio::test]
+async fn upstream_roots_from_the_secret_source() {
+    let pki = Pki::new("upstream test CA");
+    let leaf = pki.leaf(&["bump.test"]);
+    let (up, _seen) = start_upstream(Some(server_config(&leaf, &[b"http/1.1"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(pki.ca_path(), dir.path().join("up-ca.pem")).unwrap();
+    let secrets = write(
+        dir.path(),
+        "s.yaml",
+        "secrets:\n  up-roots: { trusted_ca: up-ca.pem }\n",
+    );
+    for (roots, expect_ok) in [("[up-roots]", true), ("[]", false)] {
+        let yaml = format!(
+            "state_dir: STATE_DIR
+upstream: {{ extra_roots_sds: {roots} }}
+secrets: {{ file: {} }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ bump.test: 127.0.0.1 }} }}
+destinations:
+  - {{ host: bump.test, ports: [{}], rung: bump }}
+",
+            secrets.display(),
+            up.port()
+        );
+        let proxy = Proxy::start(&yaml).await;
+        let env = Env {
+            pki: Pki::new("unused"),
+            up,
+            seen: Arc::new(Seen::default()),
+            proxy,
+        };
+        let (code, out, err) = curl_async(curl_args(
+            &env,
+            &["-D", "-"],
+            &format!("https://bump.test:{}/small", up.port()),
+        ))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        if expect_ok {
+            assert!(out.ends_with("hello"), "{out}");
+        } else {
+            assert!(out.contains("x-egress-edge-error: upstream_tls"), "{out}");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Shared test support, split by subject and re-exported flat so tests `use crate::common::*`.
+
+pub mod admin;
+pub mod clients;
+pub mod harness;
+pub mod openmetrics;
+pub mod pki;
+pub mod upstream;
+
+pub use admin::*;
+pub use clients::*;
+pub use harness::*;
+pub use openmetrics::*;
+pub use pki::*;
+pub use upstream::*;

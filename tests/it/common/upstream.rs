@@ -1,0 +1,220 @@
+//! The fake upstream: a real HTTP/1 + HTTP/2 server on loopback (TLS or plain) with fixed
+//! routes (`/small`, `/token`, `/headers`, `/sse`, `/trailers`, `/ws`) that records what it
+//! saw, and a connector that records dial attempts and never connects.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use egress_edge::net::dial::{BoxFuture, Connect};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type TBody = BoxBody<Bytes, Infallible>;
+
+/// What the test upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub tokens: AtomicUsize,
+    pub requests: Mutex<Vec<(String, http::HeaderMap)>>,
+    pub handshakes: AtomicUsize,
+    pub connections: AtomicUsize,
+}
+
+fn full(s: impl Into<Bytes>) -> TBody {
+    Full::new(s.into()).map_err(|n| match n {}).boxed()
+}
+
+async fn upstream_handler(
+    mut req: Request<Incoming>,
+    seen: Arc<Seen>,
+) -> Result<Response<TBody>, Infallible> {
+    seen.requests
+        .lock()
+        .unwrap()
+        .push((req.uri().path().to_owned(), req.headers().clone()));
+    let path = req.uri().path().to_owned();
+    let resp = match path.as_str() {
+        "/small" => Response::new(full("hello")),
+        "/token" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let form = String::from_utf8_lossy(&body).to_string();
+            if !form.contains("grant_type=client_credentials")
+                || !form.contains("client_secret=cs-SECRET")
+            {
+                return Ok(Response::builder()
+                    .status(401)
+                    .body(full("bad client"))
+                    .unwrap());
+            }
+            // Slow enough that concurrent first requests overlap.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let n = seen.tokens.fetch_add(1, Ordering::SeqCst) + 1;
+            Response::new(full(format!(
+                "{{\"access_token\":\"tok-{n}\",\"expires_in\":3600}}"
+            )))
+        }
+        "/headers" => {
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::String(v.to_str().unwrap_or("").to_owned()),
+                    )
+                })
+                .collect();
+            Response::new(full(serde_json::Value::Object(map).to_string()))
+        }
+        "/sse" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("data: one\n\n")))).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("data: two\n\n")))).await;
+            });
+            let stream = tokio_stream_from(rx);
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+        "/trailers" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("body")))).await;
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", "0".parse().unwrap());
+                let _ = tx.send(Ok(Frame::trailers(t))).await;
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
+        }
+        "/ws" => {
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let Some(key) = key else {
+                return Ok(Response::builder()
+                    .status(400)
+                    .body(full("no key"))
+                    .unwrap());
+            };
+            let accept = ws_accept(key.to_str().unwrap());
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    // Echo one client frame back unmasked.
+                    let mut hdr = [0u8; 2];
+                    io.read_exact(&mut hdr).await.unwrap();
+                    let len = (hdr[1] & 0x7f) as usize;
+                    let mut mask = [0u8; 4];
+                    io.read_exact(&mut mask).await.unwrap();
+                    let mut payload = vec![0u8; len];
+                    io.read_exact(&mut payload).await.unwrap();
+                    for (i, b) in payload.iter_mut().enumerate() {
+                        *b ^= mask[i % 4];
+                    }
+                    let mut out = vec![0x81, len as u8];
+                    out.extend_from_slice(&payload);
+                    io.write_all(&out).await.unwrap();
+                    io.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(full(""))
+                .unwrap()
+        }
+        _ => Response::builder().status(404).body(full("nope")).unwrap(),
+    };
+    Ok(resp)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+pub fn ws_accept(key: &str) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
+/// Starts an upstream on 127.0.0.1:0: TLS when `tls` is given, plain HTTP otherwise.
+pub async fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let seen = seen2.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                seen.connections.fetch_add(1, Ordering::SeqCst);
+                let svc_seen = seen.clone();
+                let svc =
+                    hyper::service::service_fn(move |r| upstream_handler(r, svc_seen.clone()));
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(cfg) => {
+                        let Ok(t) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await else {
+                            return;
+                        };
+                        seen.handshakes.fetch_add(1, Ordering::SeqCst);
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(t), svc)
+                            .await;
+                    }
+                    None => {
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A connector that records attempts and never connects: for tests whose targets must be
+/// unreachable even if the check under test were broken.
+#[derive(Debug, Default)]
+pub struct RecordingConnector {
+    pub attempts: Mutex<Vec<SocketAddr>>,
+}
+
+impl Connect for RecordingConnector {
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        self.attempts.lock().unwrap().push(addr);
+        Box::pin(async {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "recording connector",
+            ))
+        })
+    }
+}

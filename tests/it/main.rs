@@ -1,0 +1,17 @@
+//! The integration tests, built as one test binary (`it`) so the shared harness in `common`
+//! is compiled once. Each module covers one subject; run one with `cargo test --test it
+//! <module>::`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod admin_auth;
+mod agreement;
+mod bump;
+mod cli;
+mod foundation;
+mod inject;
+mod kill_switch;
+mod layering;
+mod metrics;
+mod reload;
