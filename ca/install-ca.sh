@@ -9,9 +9,14 @@
 # usage: install-ca.sh [--root DIR] [--env-file PATH] [--name NAME] CA_PEM
 #   --root DIR       guest root to install into (default /); anything other than / is treated as
 #                    an image being built: the bundle is patched directly instead of running tools
-#   --env-file PATH  where to write the env file (default ROOT/etc/egress-edge/ca.env)
+#   --env-file PATH  where to write the env file (default ROOT/etc/egress-edge/ca.env); a path
+#                    under ROOT is a guest path like the default, any other is used as given
 #   --name NAME      file name of the installed CA, without extension (default egress-edge-ca)
 # Exit status: 0 installed, 1 bad usage or input, 2 unknown layout or installation failure.
+#
+# Nothing is ever written outside ROOT. Symlinks inside ROOT are resolved the way the guest sees
+# them (chroot-style: an absolute target T means ROOT/T), never followed on the host; a path
+# whose links lead above ROOT (via '..') is refused before anything is written.
 
 set -eu
 
@@ -69,24 +74,107 @@ grep -q -e '-----BEGIN CERTIFICATE-----' "$ca_pem" && grep -q -e '-----END CERTI
 # Paths below are as seen inside the guest; $p prefixes them for file access from here.
 p=${root%/}
 while [ "${p%/}" != "$p" ]; do p=${p%/}; done
+root_given=$p
 [ -n "$p" ] && p=$(cd "$p" && pwd -P)
 [ "$p" = / ] && p=
 running_on_root=no
 [ -z "$p" ] && running_on_root=yes
 
+nl='
+'
+
+# Sets r_target to the target of the symlink $1, exactly (command substitution would drop
+# trailing newlines, hence the sentinel).
+link_target() {
+    if command -v readlink >/dev/null 2>&1; then
+        r_target=$(readlink "$1" && echo x) || die 2 "cannot read the symlink $1"
+        r_target=${r_target%x}
+        r_target=${r_target%"$nl"}
+    else
+        r_target=$(ls -ld "$1" && echo x) || die 2 "cannot read the symlink $1"
+        r_target=${r_target%x}
+        r_target=${r_target%"$nl"}
+        r_target=${r_target#*"$1 -> "}
+    fi
+}
+
+# resolve GUEST_PATH: sets $resolved to the absolute guest path GUEST_PATH leads to, with every
+# symlink along it resolved as inside the guest (an absolute target restarts from ROOT, not from
+# the host's /), so "$p$resolved" is the file to touch and is always inside ROOT. Components
+# that do not exist yet are taken as they are (to be created). Dies when a '..' would climb
+# above ROOT or the links loop. Only links are read; nothing is written.
+resolve() {
+    case $1 in
+        /*) ;;
+        *) die 2 "internal error: $1 is not an absolute guest path" ;;
+    esac
+    r_cur=
+    r_rest=$1
+    r_hops=0
+    while [ -n "$r_rest" ]; do
+        r_rest=${r_rest#/}
+        r_comp=${r_rest%%/*}
+        r_rest=${r_rest#"$r_comp"}
+        case $r_comp in
+            '' | .) continue ;;
+            ..)
+                if [ -z "$r_cur" ]; then
+                    # At the real / (no --root) '..' stays at /, as the kernel does.
+                    [ -z "$p" ] && continue
+                    die 2 "refusing $1: resolved inside the guest root $p, it leads above the guest root (via '..'); nothing was written"
+                fi
+                r_cur=${r_cur%/*}
+                continue
+                ;;
+        esac
+        if [ -h "$p$r_cur/$r_comp" ]; then
+            r_hops=$((r_hops + 1))
+            [ "$r_hops" -le 40 ] ||
+                die 2 "refusing $1: too many levels of symbolic links under ${p:-/}; nothing was written"
+            link_target "$p$r_cur/$r_comp"
+            [ -n "$r_target" ] || die 2 "refusing $1: $p$r_cur/$r_comp is an empty symlink"
+            case $r_target in
+                /*) r_cur= ;;
+            esac
+            r_rest=$r_target$r_rest
+        else
+            r_cur=$r_cur/$r_comp
+        fi
+    done
+    resolved=${r_cur:-/}
+}
+
+# Host path of guest path $1, resolved inside the root: sets $host.
+in_root() {
+    resolve "$1"
+    host=$p$resolved
+}
+
+guest_file() {
+    in_root "$1"
+    [ -f "$host" ]
+}
+
+# The guest's os-release, if any (resolved here, not in the $(...) subshell below, so that a
+# refusal ends the script).
+os_release=
+if guest_file /etc/os-release; then
+    os_release=$host
+elif guest_file /usr/lib/os-release; then
+    os_release=$host
+fi
 os_release_ids() {
-    f=$p/etc/os-release
-    [ -f "$f" ] || f=$p/usr/lib/os-release
-    [ -f "$f" ] || return 0
-    sed -n 's/^ID=//p; s/^ID_LIKE=//p' "$f" | tr -d '"' | tr ' ' '\n'
+    [ -n "$os_release" ] || return 0
+    sed -n 's/^ID=//p; s/^ID_LIKE=//p' "$os_release" | tr -d '"' | tr ' ' '\n'
 }
 
 layout=
-if [ -f "$p/etc/alpine-release" ]; then
+if guest_file /etc/alpine-release; then
     layout=alpine
-elif [ -f "$p/etc/debian_version" ]; then
+elif guest_file /etc/debian_version; then
     layout=debian
-elif [ -f "$p/etc/redhat-release" ] || [ -f "$p/etc/fedora-release" ] || [ -d "$p/etc/pki/ca-trust" ]; then
+elif guest_file /etc/redhat-release || guest_file /etc/fedora-release ||
+    { in_root /etc/pki/ca-trust && [ -d "$host" ]; }; then
     layout=rhel
 else
     for id in $(os_release_ids); do
@@ -104,6 +192,7 @@ case $layout in
         anchor_dir=/usr/local/share/ca-certificates
         anchor=$anchor_dir/$name.crt
         bundle=/etc/ssl/certs/ca-certificates.crt
+        bundle_via=
         tool=update-ca-certificates
         tool_args=
         ;;
@@ -111,6 +200,7 @@ case $layout in
         anchor_dir=/etc/pki/ca-trust/source/anchors
         anchor=$anchor_dir/$name.pem
         bundle=/etc/pki/tls/certs/ca-bundle.crt
+        bundle_via=
         tool=update-ca-trust
         tool_args=extract
         ;;
@@ -118,6 +208,30 @@ case $layout in
         die 2 "unknown trust-store layout under ${p:-/}: expected Debian/Ubuntu (/etc/debian_version), Alpine (/etc/alpine-release) or RHEL/Fedora (/etc/redhat-release, /etc/pki/ca-trust)"
         ;;
 esac
+
+# --- resolve every path to be written inside the root, before writing anything -------------
+in_root "$anchor"
+anchor_host=$host
+in_root "$bundle"
+bundle_host=$host
+[ "$bundle_host" = "$p$bundle" ] || bundle_via=" (via symlinks from $bundle)"
+if [ -z "$env_file" ]; then
+    in_root /etc/egress-edge/ca.env
+    env_file=$host
+elif [ -n "$p" ]; then
+    # An env file under the root is a guest path: resolve it there, like the default.
+    for prefix in "$p" "$root_given"; do
+        case $env_file in
+            "$prefix"/*)
+                in_root "/${env_file#"$prefix"/}"
+                env_file=$host
+                break
+                ;;
+        esac
+    done
+fi
+[ ! -d "$anchor_host" ] || die 2 "$anchor_host is a directory; cannot install the CA there"
+[ ! -d "$env_file" ] || die 2 "$env_file is a directory; cannot write the env file there"
 
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/install-ca.XXXXXX") || die 2 "cannot create a temporary directory"
 trap 'rm -rf "$tmpdir"' EXIT INT TERM
@@ -143,10 +257,13 @@ bodies() {
 }
 
 # --- install the anchor --------------------------------------------------------------------
-mkdir -p "$p$anchor_dir" || die 2 "cannot create $p$anchor_dir"
-cp "$clean" "$p$anchor.tmp.$$" && chmod 0644 "$p$anchor.tmp.$$" && mv -f "$p$anchor.tmp.$$" "$p$anchor" ||
-    { rm -f "$p$anchor.tmp.$$"; die 2 "cannot write $p$anchor"; }
-echo "installed CA: $p$anchor"
+anchor_dir_host=${anchor_host%/*}
+mkdir -p "$anchor_dir_host" || die 2 "cannot create $anchor_dir_host"
+# rm first: a stale temp name that is a symlink must not be written through.
+rm -f "$anchor_host.tmp.$$" &&
+    cp "$clean" "$anchor_host.tmp.$$" && chmod 0644 "$anchor_host.tmp.$$" && mv -f "$anchor_host.tmp.$$" "$anchor_host" ||
+    { rm -f "$anchor_host.tmp.$$"; die 2 "cannot write $anchor_host"; }
+echo "installed CA: $anchor_host"
 
 # --- refresh the bundle --------------------------------------------------------------------
 refreshed=no
@@ -157,27 +274,27 @@ if [ "$running_on_root" = yes ] && command -v "$tool" >/dev/null 2>&1; then
     echo "ran: $tool $tool_args"
 fi
 if [ "$refreshed" = no ]; then
-    if [ -f "$p$bundle" ]; then
+    if [ -f "$bundle_host" ]; then
         bodies "$clean" >"$tmpdir/want"
-        bodies "$p$bundle" >"$tmpdir/have"
+        bodies "$bundle_host" >"$tmpdir/have"
         if grep -F -x -q -v -f "$tmpdir/have" "$tmpdir/want"; then
             # Keep PEM blocks separated even if the bundle lacks a final newline.
-            if [ -s "$p$bundle" ] && [ "$(tail -c 1 "$p$bundle" | wc -l)" -eq 0 ]; then
-                printf '\n' >>"$p$bundle" || die 2 "cannot write $p$bundle"
+            if [ -s "$bundle_host" ] && [ "$(tail -c 1 "$bundle_host" | wc -l)" -eq 0 ]; then
+                printf '\n' >>"$bundle_host" || die 2 "cannot write $bundle_host"
             fi
-            cat "$clean" >>"$p$bundle" || die 2 "cannot append to $p$bundle"
-            echo "appended CA to bundle: $p$bundle"
+            cat "$clean" >>"$bundle_host" || die 2 "cannot append to $bundle_host"
+            echo "appended CA to bundle: $bundle_host$bundle_via"
         else
-            echo "bundle already contains the CA: $p$bundle"
+            echo "bundle already contains the CA: $bundle_host$bundle_via"
         fi
     else
-        echo "$prog: warning: $p$bundle does not exist; run '$tool $tool_args' in the guest so the env file's bundle path is valid" >&2
+        echo "$prog: warning: $bundle_host$bundle_via does not exist; run '$tool $tool_args' in the guest so the env file's bundle path is valid" >&2
     fi
 fi
 
 # --- env file ------------------------------------------------------------------------------
-[ -n "$env_file" ] || env_file=$p/etc/egress-edge/ca.env
 mkdir -p "$(dirname "$env_file")" || die 2 "cannot create the directory of $env_file"
+rm -f "$env_file.tmp.$$" || die 2 "cannot write $env_file"
 {
     echo "# Written by install-ca.sh: trust the egress-edge CA ($name). Source this file."
     echo "export SSL_CERT_FILE=$bundle"

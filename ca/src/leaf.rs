@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::sign::CertifiedKey;
@@ -29,6 +29,25 @@ pub const LEAF_BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// X.520 upper bound for commonName; longer DNS names are carried in the SAN only.
 const CN_MAX: usize = 64;
+
+/// id-ce-basicConstraints (2.5.29.19).
+const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+
+/// The DER of an end-entity `BasicConstraints`: `SEQUENCE {}`. `cA` is `BOOLEAN DEFAULT FALSE`,
+/// and DER forbids encoding a DEFAULT, so "not a CA" is the empty SEQUENCE. (rcgen's
+/// `IsCa::ExplicitNoCa` encodes `cA FALSE`, which strict parsers such as Python
+/// `cryptography` >= 43 reject.)
+const END_ENTITY_BASIC_CONSTRAINTS: [u8; 2] = [0x30, 0x00];
+
+/// A critical `BasicConstraints` saying "not a CA", as the public WebPKI's leaves carry it.
+fn end_entity_basic_constraints() -> CustomExtension {
+    let mut ext = CustomExtension::from_oid_content(
+        OID_BASIC_CONSTRAINTS,
+        END_ENTITY_BASIC_CONSTRAINTS.to_vec(),
+    );
+    ext.set_criticality(true);
+    ext
+}
 
 /// Lowercases, strips one trailing dot and IPv6 brackets: the form [`mint_leaf`] expects and
 /// the leaf cache keys on, so `API.example.com.` and `api.example.com` share one leaf.
@@ -70,7 +89,11 @@ pub fn mint_leaf(ca: &DeploymentCa, name: &str, ttl: Duration) -> Result<Certifi
     }
     params.distinguished_name = dn;
     params.subject_alt_names = vec![san];
-    params.is_ca = IsCa::ExplicitNoCa;
+    // Not IsCa::ExplicitNoCa: that encodes the DEFAULT `cA FALSE` (invalid DER). NoCa writes
+    // no BasicConstraints (nor a subjectKeyIdentifier, which CA/B discourages on leaves), so the
+    // DER-correct empty one is added by hand.
+    params.is_ca = IsCa::NoCa;
+    params.custom_extensions = vec![end_entity_basic_constraints()];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = std::cmp::max(now - LEAF_BACKDATE, ca.not_before());

@@ -6,8 +6,10 @@
 //! - Minting ([`MintRequest`] → [`Minted`]) validates and signs; verification
 //!   ([`Verifier::verify`]) checks shape, key, signature, time and revocation;
 //!   [`Claims::authorize`] checks the scope against one request.
-//! - [`find_handles`], [`looks_like_handle`] and [`redact`] let the proxy keep handles out of
-//!   upstream requests and logs.
+//! - [`scan`] finds every handle candidate in raw request bytes (any case, percent-encoded,
+//!   inside `Basic`) and tells well-formed handles (to verify) from malformed prefix-bearing
+//!   strings (to refuse); [`redact_in`] and [`redact`] keep handles out of logs;
+//!   [`find_handles`], [`contains_handle`] and [`looks_like_handle`] are string helpers on top.
 //! - [`api`] holds the admin API's JSON shapes.
 //!
 //! Token format (version 1): `eeh_` + base64url(payload) + `.` + base64url(signature), at most
@@ -39,7 +41,10 @@ use std::time::{Duration, SystemTime};
 
 pub use api::RevokeTarget;
 pub use claims::Claims;
-pub use detect::{contains_handle, find_handles, looks_like_handle, redact};
+pub use detect::{
+    Candidate, Defect, Origin, PERCENT_LAYERS, Scan, Shape, contains_handle, find_handles,
+    looks_like_handle, redact, redact_in, scan,
+};
 pub use error::HandleError;
 pub use keys::{KEY_FILE, KeyRing, PUBLIC_KEY_FILE, SigningKey, VerifyingKey};
 pub use mint::{DEFAULT_MAX_TTL, DEFAULT_TTL, MintRequest, Minted};

@@ -70,7 +70,9 @@ fn leaf_profile_is_a_server_end_entity() {
         .general_names;
     assert_eq!(sans.len(), 1);
     assert!(matches!(sans[0], GeneralName::DNSName("api.example.com")));
-    assert!(!x.basic_constraints().unwrap().is_some_and(|b| b.value.ca));
+    // Explicitly not a CA: a critical BasicConstraints, encoded as the empty SEQUENCE.
+    let bc = x.basic_constraints().unwrap().unwrap();
+    assert!(bc.critical && !bc.value.ca && bc.value.path_len_constraint.is_none());
     let eku = x.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth && eku.other.is_empty());
     let ku = x.key_usage().unwrap().unwrap().value;

@@ -16,3 +16,5 @@ mod leaf;
 mod name_constraints;
 #[cfg(test)]
 mod store;
+#[cfg(test)]
+mod strict_der;
