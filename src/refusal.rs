@@ -7,7 +7,7 @@
 //! a secret or a whole handle (only the values the stages put in, which are hosts, ports, rule
 //! ids, address ranges and handle ids).
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{Body, full};
 use crate::upstream::connector::{ConnectError, find_connect_error};
@@ -218,45 +218,118 @@ struct RefusalBody<'a> {
 
 /// The JSON body of a refusal.
 pub fn body_json(r: &Refusal) -> String {
+    // The host and the cause can quote what the guest sent, which may carry a handle.
+    let detail = r.detail();
     let body = RefusalBody {
         error: r.code(),
-        host: &r.host,
+        host: &egress_handle::redact_in(&r.host),
         port: r.port,
         rule: &r.rule,
-        detail: r.detail(),
+        detail: egress_handle::redact_in(&detail).into_owned(),
         hint: r.kind.hint(),
     };
     // Serializing a struct of strings and a u16 cannot fail; keep a valid body regardless.
     serde_json::to_string(&body).unwrap_or_else(|_| format!("{{\"error\":\"{}\"}}", r.code()))
 }
 
+impl Kind {
+    /// The RFC 9209 `Proxy-Status` error type that fits this refusal.
+    pub fn proxy_status_error(self) -> &'static str {
+        match self {
+            Kind::DestinationDenied
+            | Kind::SniMismatch
+            | Kind::HostMismatch
+            | Kind::HandleInvalid
+            | Kind::HandleExpired
+            | Kind::HandleRevoked
+            | Kind::HandleOutOfScope
+            | Kind::HandleRequired
+            | Kind::KillSwitch => "http_request_denied",
+            Kind::AddressDenied => "destination_ip_prohibited",
+            Kind::CredentialUnavailable => "proxy_internal_error",
+            Kind::UpstreamTls => "tls_certificate_error",
+            Kind::UpstreamConnect => "destination_unavailable",
+            Kind::UpstreamTimeout => "connection_timeout",
+            Kind::BadRequest => "http_request_error",
+            Kind::Overloaded => "connection_limit_reached",
+        }
+    }
+
+    /// Whether sending the same request again can succeed without anyone changing anything.
+    /// SDKs that honour `x-should-retry` stop retrying refusals where this is false.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Kind::CredentialUnavailable
+                | Kind::UpstreamConnect
+                | Kind::UpstreamTimeout
+                | Kind::Overloaded
+        )
+    }
+
+    /// Seconds a client should wait before retrying a 503.
+    fn retry_after(self) -> Option<&'static str> {
+        match self {
+            Kind::Overloaded => Some("1"),
+            Kind::CredentialUnavailable => Some("5"),
+            _ => None,
+        }
+    }
+}
+
+/// The headers every proxy-generated refusal carries, in order.
+pub fn headers(r: &Refusal) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "application/json".to_owned()),
+        (ERROR_HEADER, r.code().to_owned()),
+        ("cache-control", "no-store".to_owned()),
+        (
+            "proxy-status",
+            format!(
+                "egress-edge; error={}; details=\"{}\"",
+                r.kind.proxy_status_error(),
+                r.code()
+            ),
+        ),
+    ];
+    if !r.kind.retryable() {
+        h.push(("x-should-retry", "false".to_owned()));
+    }
+    if let Some(s) = r.kind.retry_after() {
+        h.push(("retry-after", s.to_owned()));
+    }
+    h
+}
+
 /// The guest-facing response for a refusal. The only place refusals become responses.
+///
+/// Over HTTP/1.1 the reason phrase is the code (`HTTP/1.1 403 destination_denied`): clients
+/// that show only the status line of a refused CONNECT still show why.
 pub fn respond(r: &Refusal) -> Response<Body> {
     let mut resp = Response::new(full(body_json(r)));
     *resp.status_mut() = r.kind.status();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(ERROR_HEADER, HeaderValue::from_static(r.code()));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in headers(r) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(r.code().as_bytes()));
     resp
 }
 
 /// A raw HTTP/1.1 response for places without a hyper connection (connection limit).
 pub fn raw_http1(r: &Refusal) -> Vec<u8> {
     let body = body_json(r);
-    let status = r.kind.status();
-    format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{ERROR_HEADER}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        r.code(),
-        body.len(),
-        body
-    )
-    .into_bytes()
+    let mut out = format!("HTTP/1.1 {} {}\r\n", r.kind.status().as_u16(), r.code());
+    for (name, value) in headers(r) {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
 }
 
 /// Maps a failure to get response headers from the upstream.
@@ -346,6 +419,44 @@ mod tests {
         let resp = respond(&r);
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(resp.headers()[ERROR_HEADER], "destination_denied");
+    }
+
+    #[test]
+    fn every_client_can_show_the_refusal() {
+        let denied = Refusal::new(Kind::DestinationDenied, "evil.example", 443, "default_rung");
+        let resp = respond(&denied);
+        let h = resp.headers();
+        assert_eq!(
+            h["proxy-status"],
+            "egress-edge; error=http_request_denied; details=\"destination_denied\""
+        );
+        assert_eq!(h["x-should-retry"], "false");
+        assert!(h.get("retry-after").is_none());
+        assert_eq!(
+            resp.extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| r.as_bytes()),
+            Some(&b"destination_denied"[..])
+        );
+        let busy = Refusal::new(Kind::Overloaded, "", 0, "proxy.max_connections");
+        let raw = String::from_utf8(raw_http1(&busy)).unwrap();
+        assert!(
+            raw.starts_with("HTTP/1.1 503 proxy_overloaded\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("\r\nretry-after: 1\r\n"), "{raw}");
+        assert!(raw.contains("error=connection_limit_reached"), "{raw}");
+        assert!(!raw.contains("x-should-retry"), "{raw}");
+        let h = respond(&Refusal::new(Kind::CredentialUnavailable, "a", 443, "r"));
+        assert!(h.headers().contains_key("retry-after"));
+        for kind in [
+            Kind::AddressDenied,
+            Kind::HandleInvalid,
+            Kind::UpstreamTls,
+            Kind::KillSwitch,
+        ] {
+            assert!(!kind.retryable(), "{kind:?}");
+        }
     }
 
     #[test]

@@ -296,6 +296,55 @@ fn rules_from(
     Ok((rules, views))
 }
 
+/// `{ secret, headers: [...], query: NAME }`: the handle swapped in place.
+fn swap_from(c: raw::RawCredential) -> Result<Credential, (String, String)> {
+    let Some(secret) = c.secret else {
+        return Err((
+            String::new(),
+            "`headers` and `query` belong to a `secret` credential".into(),
+        ));
+    };
+    if c.header.is_some() || c.format.is_some() || c.basic.is_some() {
+        return Err((
+            ".headers".into(),
+            "`headers`/`query` swap the handle in place; they cannot be combined with `header`, `format` or `basic`".into(),
+        ));
+    }
+    let mut headers = Vec::new();
+    for (i, h) in c.headers.unwrap_or_default().iter().enumerate() {
+        let name = header_name(h).map_err(|(_, m)| (format!(".headers[{i}]"), m))?;
+        if headers.contains(&name) {
+            return Err((format!(".headers[{i}]"), format!("`{h}` is listed twice")));
+        }
+        headers.push(name);
+    }
+    let query = match c.query {
+        Some(q)
+            if q.is_empty()
+                || !q
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) =>
+        {
+            return Err((
+                ".query".into(),
+                format!("`{q}` is not a plain query parameter name"),
+            ));
+        }
+        q => q,
+    };
+    if headers.is_empty() && query.is_none() {
+        return Err((
+            ".headers".into(),
+            "list at least one header, or set `query`".into(),
+        ));
+    }
+    Ok(Credential::Swap {
+        secret,
+        headers,
+        query,
+    })
+}
+
 fn header_name(s: &str) -> Result<HeaderName, (String, String)> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| {
         (
@@ -316,6 +365,9 @@ fn credential_from(c: raw::RawCredential) -> Result<Credential, (String, String)
             String::new(),
             "set exactly one of `secret` (header credential), `oauth2` or `client_cert`".into(),
         ));
+    }
+    if c.headers.is_some() || c.query.is_some() {
+        return swap_from(c);
     }
     if let Some(secret) = c.secret {
         let header = header_name(c.header.as_deref().unwrap_or("authorization"))?;

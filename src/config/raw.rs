@@ -160,6 +160,10 @@ pub struct RawDestination {
 #[serde(deny_unknown_fields)]
 pub struct RawCredential {
     pub secret: Option<String>,
+    /// Headers the handle is swapped in place in (`[x-api-key, authorization]`).
+    pub headers: Option<Vec<String>>,
+    /// The query parameter the handle is swapped in.
+    pub query: Option<String>,
     pub header: Option<String>,
     pub format: Option<String>,
     /// For `basic`: the generic secret's key holding the user (default `username`).

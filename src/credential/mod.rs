@@ -1,17 +1,22 @@
 //! Credential injection: a scoped handle in, the real credential out — only on the way to the
 //! destination the credential belongs to.
 //!
-//! For a bumped request this stage (1) finds every handle the request carries, in any header or
-//! in the URI; (2) refuses handles sent to a destination without that credential (exfiltration
-//! attempt, audited); (3) for the destination's credential, verifies the handle (signature,
-//! expiry, revocation) and its scope (credential, host, method, path), waits for the secret
-//! up to `initial_fetch_timeout`, and replaces the binding header with the credential. The CONNECT
+//! For a bumped request this stage (1) finds everything handle-shaped the request carries, in
+//! the method, any header value or the URI ([`scan`]); (2) refuses malformed ones
+//! (`handle_invalid`) and handles sent to a destination without that credential or outside
+//! its binding (exfiltration attempt, audited); (3) for the destination's credential, verifies
+//! the handle (signature, expiry, revocation) and its scope (credential, host, method, path),
+//! waits for the secret up to `initial_fetch_timeout`, and puts the credential on the request:
+//! a filled header template, the handle swapped in place ([`swap`]), an OAuth2 token, or a
+//! client certificate. The CONNECT
 //! host, the SNI and the request host were already checked to fall under one rule (`bump`), and
 //! the dialer vets the address it connects to, so injection only happens when all agree.
 //! One audit event per redemption attempt; never the secret, never the whole handle.
 
 mod mtls;
 pub mod oauth;
+pub mod scan;
+mod swap;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +28,7 @@ use http::HeaderValue;
 use http::request::Parts;
 
 use crate::credential::oauth::{OauthError, OauthTokens};
+use crate::credential::scan::{Found, Place};
 use crate::net::host::Host;
 use crate::observe::metrics::Metrics;
 use crate::policy::{Credential, Rule};
@@ -96,51 +102,14 @@ impl Injector {
     }
 }
 
-/// Every handle in the request's headers and URI, with where it was found.
-fn handles_in(parts: &Parts) -> Vec<(Option<http::HeaderName>, String)> {
-    let mut found = Vec::new();
-    for (name, value) in &parts.headers {
-        if let Ok(v) = value.to_str() {
-            for h in egress_handle::find_handles(v) {
-                found.push((Some(name.clone()), h.into_owned()));
-            }
-        }
-    }
-    for h in egress_handle::find_handles(&parts.uri.to_string()) {
-        found.push((None, h.into_owned()));
-    }
-    found
-}
-
-/// Refuses any request that carries a handle on a path where no credential can apply
-/// (absolute-form plain HTTP): a handle never reaches an upstream.
-pub fn refuse_stray_handles(
-    metrics: &Metrics,
-    parts: &Parts,
-    host: &str,
-    port: u16,
-    rule: &str,
-) -> Result<(), Refusal> {
-    match handles_in(parts).first() {
-        Some((_, h)) => Err(exfiltration(
-            metrics,
-            h,
-            "",
-            Refusal::new(Kind::HandleOutOfScope, host, port, rule),
-            NO_CREDENTIAL,
-        )),
-        None => Ok(()),
-    }
-}
-
-const NO_CREDENTIAL: &str =
+pub(crate) const NO_CREDENTIAL: &str =
     "a credential handle was sent to a destination that holds no credential";
 
 /// Audits and counts a handle found where it can never be redeemed, and returns the
 /// `handle_out_of_scope` refusal (`base`) with its cause.
 fn exfiltration(
     metrics: &Metrics,
-    handle: &str,
+    found: &Found,
     credential: &str,
     base: Refusal,
     cause: &str,
@@ -151,7 +120,7 @@ fn exfiltration(
         credential,
         &base.host,
         "exfiltration_attempt",
-        &egress_handle::redact(handle),
+        &found.candidate.redacted(),
     );
     metrics.handle("exfiltration_attempt");
     base.with_cause(cause)
@@ -180,6 +149,11 @@ fn audit(
 impl Injector {
     /// Applies the destination's credential, if any; returns a client to use instead of the
     /// default one (mTLS credentials).
+    ///
+    /// Anything handle-shaped is either redeemed here or refused: a handle never reaches an
+    /// upstream. Malformed finds are `handle_invalid` (`handle_out_of_scope`, audited, where
+    /// the destination holds no credential); well-formed ones outside the credential's
+    /// headers or query parameter are an exfiltration attempt.
     pub async fn apply(
         &self,
         dest: &Dest<'_>,
@@ -187,13 +161,13 @@ impl Injector {
         metrics: &Metrics,
     ) -> Result<Option<HttpClient>, Refusal> {
         let shown = dest.host.to_string();
-        let found = handles_in(parts);
+        let found = scan::request(parts);
         let credential = dest.rule.and_then(|r| r.credential.as_ref());
         let Some(credential) = credential else {
-            if let Some((_, h)) = found.first() {
+            if let Some(f) = found.first() {
                 return Err(exfiltration(
                     metrics,
-                    h,
+                    f,
                     "",
                     dest.refusal(Kind::HandleOutOfScope, ""),
                     NO_CREDENTIAL,
@@ -202,21 +176,46 @@ impl Injector {
             return Ok(None);
         };
         let secret_name = credential.secret_name();
-        let binding = credential.header();
-        // A handle outside the binding header (or in the URI) is never redeemed: it would be
-        // forwarded as-is otherwise.
+        if parts.method == http::Method::TRACE {
+            // TRACE echoes the request, credential included, back to the guest.
+            return Err(dest.refusal(
+                Kind::DestinationDenied,
+                "TRACE is not relayed to a destination that holds a credential",
+            ));
+        }
+        if let Some(bad) = found.iter().find(|f| !f.candidate.is_well_formed()) {
+            let defect = bad.candidate.defect().map_or("malformed", |d| d.describe());
+            audit(
+                None,
+                None,
+                secret_name,
+                &shown,
+                "handle_invalid",
+                &bad.candidate.redacted(),
+            );
+            metrics.handle("handle_invalid");
+            return Err(dest.refusal(
+                Kind::HandleInvalid,
+                &format!("a handle-shaped value that is not a valid handle ({defect})"),
+            ));
+        }
+        // A handle outside the credential's headers (or query parameter) is never redeemed: it
+        // would be forwarded as-is otherwise.
         let (in_binding, stray): (Vec<_>, Vec<_>) =
-            found.into_iter().partition(|(where_, _)| match binding {
-                Some(b) => where_.as_ref() == Some(b),
-                None => where_.is_some(),
+            found.into_iter().partition(|f| match &f.place {
+                Place::Header(name) => credential.binds_header(name),
+                Place::Uri { param } => {
+                    param.is_some() && param.as_deref() == credential.binds_query()
+                }
+                Place::Method => false,
             });
-        if let Some((_, h)) = stray.first() {
+        if let Some(f) = stray.first() {
             return Err(exfiltration(
                 metrics,
-                h,
+                f,
                 secret_name,
                 dest.refusal(Kind::HandleOutOfScope, ""),
-                "a handle was sent outside the credential's header",
+                "a handle was sent outside the credential's header or query parameter",
             ));
         }
         let token = match in_binding.as_slice() {
@@ -227,7 +226,9 @@ impl Injector {
                 }
                 return Ok(None);
             }
-            [(_, t)] => t.clone(),
+            [first, rest @ ..] if rest.iter().all(|f| f.token() == first.token()) => {
+                first.token().to_owned()
+            }
             _ => {
                 return Err(
                     dest.refusal(Kind::HandleInvalid, "more than one handle in the request")
@@ -263,7 +264,7 @@ impl Injector {
             metrics.handle(e.code());
             return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle id {id}")));
         }
-        let outcome = self.inject(dest, credential, parts).await;
+        let outcome = self.inject(dest, credential, parts, &token).await;
         let label = if outcome.is_ok() {
             "redeemed"
         } else {
@@ -289,6 +290,7 @@ impl Injector {
         dest: &Dest<'_>,
         credential: &Credential,
         parts: &mut Parts,
+        token: &str,
     ) -> Result<Option<HttpClient>, Unavailable> {
         let Some(store) = &self.secrets else {
             return Err(Unavailable::NoSource);
@@ -317,6 +319,33 @@ impl Injector {
                 parts.headers.insert(header.clone(), hv);
                 Ok(None)
             }
+            Credential::Swap { headers, query, .. } => {
+                let Secret::Generic {
+                    value: Some(value), ..
+                } = &*versioned.secret
+                else {
+                    return Err(Unavailable::WrongKind(
+                        name.to_owned(),
+                        "a single-value generic secret",
+                    ));
+                };
+                let text = std::str::from_utf8(value.expose())
+                    .map_err(|_| Unavailable::NotText(name.to_owned()))?;
+                let swap_err = |e| Unavailable::Swap(name.to_owned(), e);
+                let mut swapped =
+                    swap::in_headers(parts, headers, token, text).map_err(swap_err)?;
+                if let Some(q) = query
+                    && swap::in_query(parts, q, token, text).map_err(swap_err)?
+                {
+                    swapped += 1;
+                }
+                // The scan found the handle in a bound place; if it could not be swapped there,
+                // forwarding would send the handle upstream.
+                if swapped == 0 {
+                    return Err(swap_err(swap::SwapError::NotFound));
+                }
+                Ok(None)
+            }
             Credential::Oauth2 { header, .. } => {
                 let token = self.oauth.token(dest, credential, &versioned).await?;
                 let mut hv = HeaderValue::from_str(&format!(
@@ -333,7 +362,7 @@ impl Injector {
                 let names: Vec<_> = parts
                     .headers
                     .iter()
-                    .filter(|(_, v)| v.to_str().is_ok_and(egress_handle::contains_handle))
+                    .filter(|(_, v)| !egress_handle::scan(v.as_bytes()).is_empty())
                     .map(|(k, _)| k.clone())
                     .collect();
                 for n in names {
@@ -373,6 +402,8 @@ pub enum Unavailable {
     ClientCert(String, mtls::MtlsError),
     #[error(transparent)]
     Oauth(#[from] OauthError),
+    #[error("secret `{0}`: {1}")]
+    Swap(String, swap::SwapError),
 }
 
 /// Fills a header template; `Err` when `{secret}` is wanted and the secret is not text.

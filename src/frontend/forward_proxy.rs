@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::Authority;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
@@ -42,8 +43,10 @@ async fn connect(
         return ctx.deny(Kind::BadRequest, "CONNECT needs host:port");
     };
     ctx.ev().host = authority.host().to_owned();
-    let Some(port) = authority.port_u16() else {
-        return ctx.deny(Kind::BadRequest, "CONNECT needs an explicit port");
+    let port = match explicit_port(&authority) {
+        Ok(Some(p)) => p,
+        Ok(None) => return ctx.deny(Kind::BadRequest, "CONNECT needs an explicit port"),
+        Err(cause) => return ctx.deny(Kind::BadRequest, cause),
     };
     let target = Target {
         via: Via::Connect,
@@ -74,14 +77,71 @@ async fn absolute(req: Request<Incoming>, conn: Arc<ConnCtx>, start: Instant) ->
             "only http:// is proxied in absolute form; use CONNECT for https",
         );
     }
+    let port = match explicit_port(&authority) {
+        Ok(p) => p.unwrap_or(80),
+        Err(cause) => return ctx.deny(Kind::BadRequest, cause),
+    };
     let target = Target {
         via: Via::Absolute,
         host: authority.host().to_owned(),
-        port: authority.port_u16().unwrap_or(80),
+        port,
     };
     let host = match rung::admit(&mut ctx, &target) {
         Ok(h) => h,
         Err(r) => return ctx.refuse(&r),
     };
     rung::plain::relay(ctx, host, req).await
+}
+
+/// The port an authority names, if it names one. Userinfo (`user@host`) and ports that are not
+/// a number in 1..=65535 are refused rather than read leniently (a lenient reader would send
+/// `host:99999` to port 80).
+fn explicit_port(authority: &Authority) -> Result<Option<u16>, &'static str> {
+    let s = authority.as_str();
+    if s.contains('@') {
+        return Err("the authority carries userinfo (`user@host`); send host:port only");
+    }
+    let after_host = match s.rfind(']') {
+        Some(i) => &s[i + 1..],
+        None => s.rfind(':').map_or("", |i| &s[i..]),
+    };
+    let Some(digits) = after_host.strip_prefix(':') else {
+        return Ok(None);
+    };
+    if digits.is_empty() {
+        return Ok(None);
+    }
+    match digits.parse::<u16>() {
+        Ok(p) if p > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
+        _ => Err("the port is not a number between 1 and 65535"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_read_strictly() {
+        let cases: &[(&str, Result<Option<u16>, ()>)] = &[
+            ("a.test:443", Ok(Some(443))),
+            ("a.test", Ok(None)),
+            ("a.test:", Ok(None)),
+            ("[::1]:8443", Ok(Some(8443))),
+            ("[::1]", Ok(None)),
+            ("a.test:99999", Err(())),
+            ("a.test:65536", Err(())),
+            ("a.test:0", Err(())),
+            ("a.test:+80", Err(())),
+            ("user@a.test:443", Err(())),
+            ("a@b:443", Err(())),
+        ];
+        for (raw, want) in cases {
+            let got = raw
+                .parse::<Authority>()
+                .map_err(|_| ())
+                .and_then(|a| explicit_port(&a).map_err(|_| ()));
+            assert_eq!(&got, want, "{raw}");
+        }
+    }
 }

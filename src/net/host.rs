@@ -148,14 +148,18 @@ fn parse_ipv4_number(part: &str) -> Option<u64> {
         } else {
             (part, 10)
         };
+    // Leading zeros carry no value, however many there are (glibc's inet_aton agrees), so
+    // `0x0000…7f000001` is 127.0.0.1, never a name.
+    let digits = digits.trim_start_matches('0');
     if digits.is_empty() {
         // "0x" alone is zero in WHATWG's parser.
         return Some(0);
     }
-    if digits.len() > 32 {
+    if !digits.chars().all(|c| c.is_digit(radix)) {
         return None;
     }
-    u64::from_str_radix(digits, radix).ok()
+    // Too large for u64 is too large for an address: saturate so the range check refuses it.
+    Some(u64::from_str_radix(digits, radix).unwrap_or(u64::MAX))
 }
 
 /// WHATWG IPv4 parser: 1 to 4 parts, the last filling the remaining bytes.
@@ -221,6 +225,28 @@ mod tests {
             ("metadata short", "169.254.43518", Ok(ip("169.254.169.254"))),
             ("trailing dot ipv4", "10.0.0.1.", Ok(ip("10.0.0.1"))),
             ("ipv4 out of range", "256.0.0.1", Err(())),
+            (
+                "over-long hex with leading zeros",
+                "0x00000000000000000000000000000000000000007f000001",
+                Ok(ip("127.0.0.1")),
+            ),
+            (
+                "over-long octal with leading zeros",
+                "0000000000000000000000000000000000000000177.0.0.1",
+                Ok(ip("127.0.0.1")),
+            ),
+            (
+                "over-long hex part",
+                "0x7f.0x00000000000000000000000000000000000000000000000001",
+                Ok(ip("127.0.0.1")),
+            ),
+            (
+                "hex too large is refused, not a name",
+                "0x10000000000000000000000000000000000000000",
+                Err(()),
+            ),
+            ("decimal too large", "99999999999999999999999999", Err(())),
+            ("bad octal digit", "08.0.0.1", Err(())),
             ("too many parts", "1.2.3.4.5", Err(())),
             ("name ending in number", "foo.123", Err(())),
             ("bracketed v6", "[::1]", Ok(ip("::1"))),

@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use egress_handle::redact_in;
+
 use crate::policy::Rung;
 use crate::refusal::Kind;
 use crate::upstream::tunnel::End;
@@ -155,24 +157,27 @@ impl AccessEvent {
     /// Emits the event. tracing needs literal field names; `fields` must spell them the same
     /// way, which the test below checks against a real JSON log line.
     pub fn emit(&self, elapsed: Duration) {
+        // Guest-controlled strings may carry a handle (a CONNECT host, a method, an SNI, an
+        // error quoting the request): no whole handle reaches a log line.
+        let guest = |v: &Option<String>| redact_in(v.as_deref().unwrap_or("")).into_owned();
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         tracing::info!(
             target: TARGET,
             kind = self.unit.as_str(),
             client = tracing::field::display(&self.client),
-            host = self.host.as_str(),
+            host = redact_in(&self.host).as_ref(),
             port = self.port,
-            sni = opt(&self.sni),
+            sni = guest(&self.sni),
             resolved = self.resolved.map(|a| a.to_string()).unwrap_or_default(),
             rung = self.rung.map(Rung::as_str).unwrap_or(""),
             rule = opt(&self.rule),
-            method = opt(&self.method),
+            method = guest(&self.method),
             status = self.status.unwrap_or(0),
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
             duration_ms = elapsed.as_millis() as u64,
             outcome = self.outcome.as_str(),
-            error = opt(&self.error),
+            error = guest(&self.error),
             "access"
         );
     }

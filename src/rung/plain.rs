@@ -26,7 +26,7 @@ pub fn authority(host: &Host, port: u16, default_port: u16) -> String {
 /// Relays an admitted absolute-form request.
 pub async fn relay(ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    if let Err(r) = credential::refuse_stray_handles(
+    if let Err(r) = credential::scan::refuse_stray_handles(
         &ctx.shared().metrics,
         &parts,
         ctx.host(),

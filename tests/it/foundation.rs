@@ -53,6 +53,62 @@ async fn denied_host_gets_contract_body_and_no_upstream_connection() {
     );
 }
 
+/// Clients that show only the status line (requests, aiohttp, undici) still show the code;
+/// SDKs that honour `x-should-retry` stop retrying a policy refusal.
+#[tokio::test]
+async fn refusals_carry_the_code_where_every_client_can_see_it() {
+    let (_pki, _up, _seen, proxy) = passthrough_env("").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed early");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 403 destination_denied\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nproxy-status: egress-edge; error=http_request_denied; details=\"destination_denied\"\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-should-retry: false\r\n"), "{head}");
+    assert!(!head.contains("retry-after"), "{head}");
+}
+
+/// Userinfo in a CONNECT authority and out-of-range ports are bad requests, never read
+/// leniently (`http://host:99999/` used to go to port 80).
+#[tokio::test]
+async fn authorities_with_userinfo_or_bad_ports_are_bad_requests() {
+    let connector = Arc::new(RecordingConnector::default());
+    let proxy = Proxy::start_with(
+        "state_dir: STATE_DIR\ndefault_rung: passthrough\nnetwork: { deny: [] }\n",
+        BuildOptions {
+            connector: Some(connector.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    for req in [
+        "CONNECT a@b.test:443 HTTP/1.1\r\nHost: b.test:443\r\n\r\n",
+        "CONNECT b.test:99999 HTTP/1.1\r\nHost: b.test\r\n\r\n",
+        "GET http://b.test:99999/ HTTP/1.1\r\nHost: b.test\r\n\r\n",
+        "GET http://b.test:65536/ HTTP/1.1\r\nHost: b.test\r\n\r\n",
+    ] {
+        let (status, _, body, _) = raw(proxy.addr, req).await;
+        assert_eq!(status, 400, "{req}: {body}");
+    }
+    assert!(
+        connector.attempts.lock().unwrap().is_empty(),
+        "nothing may be dialed"
+    );
+}
+
 /// Every address form of the SSRF corpus is refused before any connection attempt. The
 /// recording connector never connects, so a broken check could not reach these addresses.
 #[tokio::test]
@@ -308,6 +364,7 @@ default_rung: deny
         header(&headers, "x-egress-edge-error"),
         Some("proxy_overloaded")
     );
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
 }
 
 #[tokio::test]

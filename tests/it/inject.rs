@@ -23,7 +23,7 @@ impl Write for LogBuf {
     }
 }
 
-fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+pub(crate) fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = LogBuf(buf.clone());
@@ -38,7 +38,7 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
 }
 
 /// Asserts that none of `needles` appears in the logs, metrics or collected bodies.
-async fn leak_scan(proxy: &Proxy, needles: &[&str], bodies: &[String]) {
+pub(crate) async fn leak_scan(proxy: &Proxy, needles: &[&str], bodies: &[String]) {
     let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).to_string();
     assert!(
         logs.contains("egress_edge::access"),
@@ -56,10 +56,10 @@ async fn leak_scan(proxy: &Proxy, needles: &[&str], bodies: &[String]) {
     }
 }
 
-struct Env {
-    up: std::net::SocketAddr,
-    seen: Arc<Seen>,
-    proxy: Proxy,
+pub(crate) struct Env {
+    pub(crate) up: std::net::SocketAddr,
+    pub(crate) seen: Arc<Seen>,
+    pub(crate) proxy: Proxy,
     secrets: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -70,7 +70,7 @@ const SECRETS: &str = "secrets:
   oauth-client: { values: { client_id: example-client, client_secret: cs-SECRET } }
 ";
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     capture_logs();
     let pki = Pki::new("upstream test CA");
     let leaf = pki.leaf(&[
@@ -79,6 +79,8 @@ async fn env() -> Env {
         "strict.test",
         "oauth.test",
         "missing.test",
+        "swap.test",
+        "query.test",
     ]);
     let (up, seen) = start_upstream(Some(server_config(&leaf, &[b"h2", b"http/1.1"]))).await;
     let dir = tempfile::tempdir().unwrap();
@@ -88,7 +90,7 @@ async fn env() -> Env {
     let yaml = format!(
         "state_dir: STATE_DIR
 upstream: {{ extra_roots: [{ca}] }}
-network: {{ allow: [127.0.0.1/32], hosts: {{ api.test: 127.0.0.1, plain.test: 127.0.0.1, strict.test: 127.0.0.1, oauth.test: 127.0.0.1, missing.test: 127.0.0.1 }} }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ api.test: 127.0.0.1, plain.test: 127.0.0.1, strict.test: 127.0.0.1, oauth.test: 127.0.0.1, missing.test: 127.0.0.1, swap.test: 127.0.0.1, query.test: 127.0.0.1 }} }}
 secrets: {{ file: {secrets}, initial_fetch_timeout: 1s }}
 destinations:
   - {{ host: api.test, ports: [{port}], credential: {{ secret: openai-key }} }}
@@ -96,6 +98,8 @@ destinations:
   - {{ host: strict.test, ports: [{port}], credential: {{ secret: openai-key, header: x-api-key, format: '{{secret}}' }}, require_handle: true }}
   - {{ host: oauth.test, ports: [{port}], credential: {{ oauth2: {{ token_url: 'https://api.test:{port}/token', client: oauth-client }} }} }}
   - {{ host: missing.test, ports: [{port}], credential: {{ secret: not-delivered }} }}
+  - {{ host: swap.test, ports: [{port}], credential: {{ secret: openai-key, headers: [x-api-key, authorization] }} }}
+  - {{ host: query.test, ports: [{port}], credential: {{ secret: openai-key, query: key }} }}
 ",
         ca = dir.path().join("up-ca.pem").display(),
         secrets = secrets.display()
@@ -112,7 +116,7 @@ destinations:
 
 impl Env {
     /// curl through the bump; returns (status line + headers + body as printed by -D -).
-    async fn get(&self, host: &str, path: &str, headers: &[&str]) -> String {
+    pub(crate) async fn get(&self, host: &str, path: &str, headers: &[&str]) -> String {
         let mut args: Vec<String> = vec![
             "-x".into(),
             self.proxy.url(),
@@ -131,11 +135,17 @@ impl Env {
         out
     }
 
-    fn upstream_saw_no_handle(&self) {
+    pub(crate) fn upstream_saw_no_handle(&self) {
         for (path, headers) in self.seen.requests.lock().unwrap().iter() {
+            assert!(
+                !path.to_ascii_lowercase().contains("eeh_"),
+                "handle reached the upstream in {path}"
+            );
             for (k, v) in headers {
                 assert!(
-                    !v.to_str().unwrap_or("").contains("eeh_"),
+                    !String::from_utf8_lossy(v.as_bytes())
+                        .to_ascii_lowercase()
+                        .contains("eeh_"),
                     "handle reached the upstream in {k} on {path}"
                 );
             }
@@ -143,13 +153,13 @@ impl Env {
     }
 }
 
-fn error_code(out: &str) -> Option<String> {
+pub(crate) fn error_code(out: &str) -> Option<String> {
     out.lines()
         .find_map(|l| l.strip_prefix("x-egress-edge-error: "))
         .map(|s| s.trim().to_owned())
 }
 
-fn body_json(out: &str) -> serde_json::Value {
+pub(crate) fn body_json(out: &str) -> serde_json::Value {
     let start = out.rfind("\r\n\r\n").map_or(0, |i| i + 4);
     json(&out[start..])
 }

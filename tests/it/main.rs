@@ -10,6 +10,7 @@ mod agreement;
 mod bump;
 mod cli;
 mod foundation;
+mod hiding;
 mod inject;
 mod kill_switch;
 mod layering;

@@ -37,10 +37,13 @@ async fn upstream_handler(
     mut req: Request<Incoming>,
     seen: Arc<Seen>,
 ) -> Result<Response<TBody>, Infallible> {
-    seen.requests
-        .lock()
-        .unwrap()
-        .push((req.uri().path().to_owned(), req.headers().clone()));
+    seen.requests.lock().unwrap().push((
+        req.uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        req.headers().clone(),
+    ));
     let path = req.uri().path().to_owned();
     let resp = match path.as_str() {
         "/small" => Response::new(full("hello")),
@@ -68,7 +71,7 @@ async fn upstream_handler(
             )))
         }
         "/headers" => {
-            let map: serde_json::Map<String, serde_json::Value> = req
+            let mut map: serde_json::Map<String, serde_json::Value> = req
                 .headers()
                 .iter()
                 .map(|(k, v)| {
@@ -78,6 +81,11 @@ async fn upstream_handler(
                     )
                 })
                 .collect();
+            // Not a header: the query the upstream received, for credential-in-query tests.
+            map.insert(
+                ":query".into(),
+                serde_json::Value::String(req.uri().query().unwrap_or("").to_owned()),
+            );
             Response::new(full(serde_json::Value::Object(map).to_string()))
         }
         "/sse" => {
