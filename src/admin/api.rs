@@ -36,8 +36,8 @@ struct Sampled {
 
 #[derive(Debug)]
 pub struct Api {
-    ca: Option<Arc<DeploymentCa>>,
-    bumper: Option<Arc<Bumper>>,
+    ca: Arc<DeploymentCa>,
+    bumper: Arc<Bumper>,
     secrets: Option<SecretStore>,
     handles: Arc<egress_handle::HandleAuthority>,
     initial_fetch_timeout: Duration,
@@ -46,8 +46,8 @@ pub struct Api {
 
 impl Api {
     pub fn new(
-        ca: Option<Arc<DeploymentCa>>,
-        bumper: Option<Arc<Bumper>>,
+        ca: Arc<DeploymentCa>,
+        bumper: Arc<Bumper>,
         secrets: Option<SecretStore>,
         handles: Arc<egress_handle::HandleAuthority>,
         config: &Config,
@@ -117,18 +117,16 @@ impl Api {
     pub fn metrics_text(&self, shared: &Shared) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.sampled;
-        if let Some(b) = &self.bumper {
-            let st = b.leaves().stats().snapshot();
-            s.leaf_hits.inner().store(st.hits, Relaxed);
-            s.leaf_misses.inner().store(st.misses, Relaxed);
-            s.leaf_mints.inner().store(st.mints, Relaxed);
-            s.leaf_mint_failures
-                .inner()
-                .store(st.mint_failures, Relaxed);
-            s.leaf_mint_seconds
-                .inner()
-                .store((st.mint_nanos_total as f64 / 1e9).to_bits(), Relaxed);
-        }
+        let st = self.bumper.leaves().stats().snapshot();
+        s.leaf_hits.inner().store(st.hits, Relaxed);
+        s.leaf_misses.inner().store(st.misses, Relaxed);
+        s.leaf_mints.inner().store(st.mints, Relaxed);
+        s.leaf_mint_failures
+            .inner()
+            .store(st.mint_failures, Relaxed);
+        s.leaf_mint_seconds
+            .inner()
+            .store((st.mint_nanos_total as f64 / 1e9).to_bits(), Relaxed);
         if let Some(store) = &self.secrets {
             let st = store.stats();
             s.sds_connected.set(i64::from(st.source.connected));
@@ -148,8 +146,9 @@ impl Api {
         out
     }
 
-    pub fn ca_pem(&self) -> Option<String> {
-        self.ca.as_ref().map(|c| c.cert_pem().to_owned())
+    /// The deployment CA certificate; it exists from the first start.
+    pub fn ca_pem(&self) -> String {
+        self.ca.cert_pem().to_owned()
     }
 
     pub fn secrets_ready(&self) -> bool {
@@ -167,10 +166,8 @@ impl Api {
         match serde_json::to_value(&*snap.config) {
             Ok(mut v) => {
                 v["kill_switch"] = serde_json::Value::Bool(shared.kill.is_enabled());
-                if let Some(ca) = &self.ca {
-                    v["ca"]["fingerprint_sha256"] =
-                        serde_json::Value::String(ca.fingerprint_sha256());
-                }
+                v["ca"]["fingerprint_sha256"] =
+                    serde_json::Value::String(self.ca.fingerprint_sha256());
                 json(StatusCode::OK, &v)
             }
             Err(e) => error(

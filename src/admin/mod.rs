@@ -230,14 +230,9 @@ async fn route(
             ctx.api.metrics_text(&ctx.shared),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        (Method::GET, "/ca.pem") => match ctx.api.ca_pem() {
-            Some(pem) => text(StatusCode::OK, pem, "application/x-pem-file"),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "no_ca",
-                "no destination is bumped, so no CA is loaded; run `egress-edge ca export` to create one",
-            ),
-        },
+        (Method::GET, "/ca.pem") => {
+            text(StatusCode::OK, ctx.api.ca_pem(), "application/x-pem-file")
+        }
         (_, p) if p.starts_with("/v1/") => {
             if let Err(resp) = authorize(&req, &ctx, client_cert) {
                 return Ok(resp);

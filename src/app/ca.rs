@@ -25,8 +25,8 @@ fn deployment_name() -> String {
 pub async fn load_ca(
     config: &Config,
     secrets: Option<&SecretStore>,
-) -> Result<Option<Arc<DeploymentCa>>, AppError> {
-    load_ca_inner(config, secrets, false).await
+) -> Result<Arc<DeploymentCa>, AppError> {
+    load_ca_inner(config, secrets).await
 }
 
 /// `egress-edge ca export`: the CA as `run` would load it, created if absent.
@@ -35,13 +35,8 @@ pub async fn export_ca(config: &Config) -> Result<String, AppError> {
         CaSource::Sds { .. } => start_secrets(config).await?,
         _ => None,
     };
-    match load_ca_inner(config, secrets.as_ref(), true).await? {
-        Some(ca) => Ok(ca.cert_pem().to_owned()),
-        None => Err(AppError::CaConfig {
-            key: "cert",
-            msg: "no CA".into(),
-        }),
-    }
+    let ca = load_ca_inner(config, secrets.as_ref()).await?;
+    Ok(ca.cert_pem().to_owned())
 }
 
 /// The checks `check-config` runs beyond parsing: every referenced file loads, and the CA
@@ -92,10 +87,9 @@ fn read_ca_files(cert: &Path, key: &Path) -> Result<DeploymentCa, AppError> {
 async fn load_ca_inner(
     config: &Config,
     secrets: Option<&SecretStore>,
-    create: bool,
-) -> Result<Option<Arc<DeploymentCa>>, AppError> {
+) -> Result<Arc<DeploymentCa>, AppError> {
     let ca = match &config.ca.source {
-        CaSource::Files { cert, key } => Some(read_ca_files(cert, key)?),
+        CaSource::Files { cert, key } => read_ca_files(cert, key)?,
         CaSource::Sds { secret } => {
             let Some(store) = secrets else {
                 return Err(AppError::CaConfig {
@@ -117,11 +111,7 @@ async fn load_ca_inner(
                         key: "sds",
                         msg: format!("secret `{secret}`: private key is not PEM text"),
                     })?;
-                    Some(DeploymentCa::from_pem(
-                        chain_pem,
-                        key,
-                        &format!("sds:{secret}"),
-                    )?)
+                    DeploymentCa::from_pem(chain_pem, key, &format!("sds:{secret}"))?
                 }
                 other => {
                     return Err(AppError::CaConfig {
@@ -134,27 +124,23 @@ async fn load_ca_inner(
                 }
             }
         }
+        // The CA exists from the first start whatever the rungs, so guests started before the
+        // first bump rule already trust it and a reload can add one. Its name constraints are
+        // the bump hosts of the policy it is first created with (none: unconstrained).
         CaSource::Generated => {
-            let exists = config.state_dir.join(egress_ca::CA_CERT_FILE).exists();
-            if config.policy.has_bump() || exists || create {
-                let opts = CaOptions::new(deployment_name())
-                    .with_permitted(permitted_names(&config.policy));
-                let dir = config.state_dir.clone();
-                Some(
-                    tokio::task::spawn_blocking(move || DeploymentCa::load_or_create(&dir, &opts))
-                        .await
-                        .map_err(|e| AppError::CaConfig {
-                            key: "state_dir",
-                            msg: e.to_string(),
-                        })??,
-                )
-            } else {
-                None
-            }
+            let opts =
+                CaOptions::new(deployment_name()).with_permitted(permitted_names(&config.policy));
+            let dir = config.state_dir.clone();
+            tokio::task::spawn_blocking(move || DeploymentCa::load_or_create(&dir, &opts))
+                .await
+                .map_err(|e| AppError::CaConfig {
+                    key: "state_dir",
+                    msg: e.to_string(),
+                })??
         }
     };
     // A brought or shared CA must still cover every bump host, or guests would see
     // certificate errors that look like attacks.
-    check_ca_coverage(ca.as_ref(), &config.policy)?;
-    Ok(ca.map(Arc::new))
+    check_ca_coverage(Some(&ca), &config.policy)?;
+    Ok(Arc::new(ca))
 }

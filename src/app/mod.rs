@@ -115,24 +115,16 @@ impl App {
             secrets.clone(),
             config.secret_wait(),
         ));
-        let bumper = match (&ca, config.policy.has_bump()) {
-            (Some(ca), true) => Some(Arc::new(Bumper::new(
-                ca.clone(),
-                config.ca.leaf_ttl,
-                injector,
-            )?)),
-            _ => None,
-        };
-        if let Some(b) = &bumper {
-            let exact: Vec<String> = config
-                .policy
-                .rules()
-                .iter()
-                .filter(|r| r.rung == crate::policy::Rung::Bump && r.pattern.is_exact())
-                .map(|r| r.pattern.to_string())
-                .collect();
-            b.leaves().prewarm(&exact).await;
-        }
+        // There is always a CA and a bump stage, so a reload can add the first bump destination.
+        let bumper = Arc::new(Bumper::new(ca.clone(), config.ca.leaf_ttl, injector)?);
+        let exact: Vec<String> = config
+            .policy
+            .rules()
+            .iter()
+            .filter(|r| r.rung == crate::policy::Rung::Bump && r.pattern.is_exact())
+            .map(|r| r.pattern.to_string())
+            .collect();
+        bumper.leaves().prewarm(&exact).await;
         if let Some(store) = &secrets {
             // Trust roots from the secret source must be there before the first re-originated
             // request; if they never arrive, verification against them fails (closed).

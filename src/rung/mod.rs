@@ -53,10 +53,9 @@ pub fn admit(ctx: &mut ReqCtx, target: &Target) -> Result<Host, Refusal> {
 }
 
 /// The rungs that carry tunnels, built once at startup.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ladder {
-    /// `None` when no CA is loaded (nothing is bumped).
-    pub bump: Option<Arc<Bumper>>,
+    pub bump: Arc<Bumper>,
 }
 
 impl Ladder {
@@ -74,11 +73,7 @@ impl Ladder {
         match decision.rung {
             Rung::Bump => {
                 ctx.ev().unit = Unit::Bumped;
-                let Some(bumper) = self.bump.clone() else {
-                    // Unreachable when the app is built from a config with bump rules; refuse
-                    // rather than fall back to a tunnel.
-                    return ctx.deny(Kind::UpstreamTls, "bumping is not available: no CA loaded");
-                };
+                let bumper = self.bump.clone();
                 // Vet the address now so a denied destination gets a readable 403 before the
                 // guest starts TLS; every re-originated request is vetted again when dialed.
                 if let Err(e) = ctx.snap.dialer.vet(&host).await {

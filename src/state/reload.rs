@@ -22,7 +22,7 @@ use crate::upstream::tls::TrustError;
 pub struct Reloader {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sources: Sources,
-    pub(crate) ca: Option<Arc<egress_ca::DeploymentCa>>,
+    pub(crate) ca: Arc<egress_ca::DeploymentCa>,
 }
 
 /// Why a reload was rejected; the previous policy keeps serving.
@@ -63,7 +63,7 @@ impl Reloader {
         if let Some(key) = fixed_section_changed(&current, &new) {
             return Err(ReloadError::NeedsRestart(key));
         }
-        check_ca_coverage(self.ca.as_deref(), &new.policy)?;
+        check_ca_coverage(Some(&self.ca), &new.policy)?;
         if matches!(new.secrets, Some(config::SecretsConfig::Sds(_)))
             && new.referenced_secrets() != current.referenced_secrets()
         {

@@ -112,10 +112,10 @@ async fn token_guards_v1_but_not_health_or_metrics() {
         let (status, _, body) = http_get(proxy.admin, path, &[]).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
-    // Nothing is bumped, so there is no CA: 404, not an auth failure.
+    // Nothing is bumped, yet the CA exists from the first start and needs no token.
     let (status, _, body) = http_get(proxy.admin, "/ca.pem", &[]).await;
-    assert_eq!(status, 404, "{body}");
-    assert_eq!(json(&body)["error"], "no_ca");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("-----BEGIN CERTIFICATE-----"), "{body}");
 
     let m = proxy
         .wait_metric("egress_edge_admin_auth_failures_total{code=\"token_invalid\"} 2")

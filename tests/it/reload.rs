@@ -171,4 +171,33 @@ async fn kill_switch_survives_a_reload_and_closes_tunnels() {
         .unwrap();
 }
 
+/// The CA exists from the first start: a guest that trusted `/ca.pem` before any destination
+/// was bumped trusts the leaves of a bump rule a reload adds later.
+#[tokio::test]
+async fn a_reload_can_add_the_first_bump_destination() {
+    let pki = Pki::new("upstream test CA");
+    let leaf = pki.leaf(&["upstream.test", "other.test"]);
+    let (up, _seen) = start_upstream(Some(server_config(&leaf, &[b"http/1.1"]))).await;
+    let port = up.port();
+    let proxy = Proxy::start(&config(port, "deny")).await;
+    let (status, _, ca_before) = http_get(proxy.admin, "/ca.pem", &[]).await;
+    assert_eq!(status, 200, "{ca_before}");
+    let state = proxy.state.path().join("state");
+    let up_ca = proxy.state.path().join("up-ca.pem");
+    std::fs::copy(pki.ca_path(), &up_ca).unwrap();
+    let bumped = config(port, "bump").replace("STATE_DIR", state.to_str().unwrap())
+        + &format!("upstream: {{ extra_roots: [{}] }}\n", up_ca.display());
+    std::fs::write(&proxy.config_path, bumped).unwrap();
+    proxy.reloader.reload_file(&proxy.config_path).unwrap();
+    let (_, _, ca_after) = http_get(proxy.admin, "/ca.pem", &[]).await;
+    assert_eq!(ca_before, ca_after, "the CA must not change");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_before.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    one_request(proxy.addr, port, roots, "other.test")
+        .await
+        .unwrap();
+}
+
 use std::sync::Mutex;
