@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::Response;
+use http::{HeaderMap, HeaderValue, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -105,9 +105,10 @@ impl Access {
         }
         let ev = &self.ev;
         let metrics = &self.shared.metrics;
+        let rule = ev.rule.as_deref();
         match ev.unit {
-            Unit::Request => metrics.request(ev.rung, ev.outcome),
-            Unit::Tunnel | Unit::Bumped => metrics.connection(ev.rung, ev.outcome),
+            Unit::Request => metrics.request(ev.rung, rule, ev.outcome, ev.status),
+            Unit::Tunnel | Unit::Bumped => metrics.connection(ev.rung, rule, ev.outcome),
         }
         // A bump session's bytes are the sum of its requests', which count themselves.
         if ev.unit != Unit::Bumped {
@@ -124,6 +125,24 @@ impl Drop for Access {
             self.emit();
         }
     }
+}
+
+/// The header that carries a request's id to the upstream and back in refusals.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A fresh request id: 128 random bits, hex.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A guest-sent id is kept when it is short, printable and unremarkable.
+fn usable_request_id(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    let ok = (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+        && egress_handle::scan(s.as_bytes()).is_empty();
+    ok.then_some(s)
 }
 
 /// Everything one unit of work needs, from admission to its access event.
@@ -147,7 +166,8 @@ impl ReqCtx {
         let shared = conn.shared.clone();
         let kill = shared.kill.token();
         let snap = shared.snapshot();
-        let ev = AccessEvent::new(unit, conn.client, "", 0);
+        let mut ev = AccessEvent::new(unit, conn.client, "", 0);
+        ev.request_id = Some(new_request_id());
         ReqCtx {
             conn,
             snap,
@@ -178,6 +198,25 @@ impl ReqCtx {
         self.decision = Some(decision);
     }
 
+    /// Takes the guest's `x-request-id` when it is well-formed, else puts this unit's
+    /// generated one on the request, so the upstream, the access event and any refusal share
+    /// one id.
+    pub fn bind_request_id(&mut self, headers: &mut HeaderMap) {
+        if let Some(theirs) = headers.get(REQUEST_ID).and_then(usable_request_id) {
+            self.access.ev.request_id = Some(theirs.to_owned());
+            return;
+        }
+        let id = self
+            .access
+            .ev
+            .request_id
+            .get_or_insert_with(new_request_id)
+            .clone();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert(REQUEST_ID, v);
+        }
+    }
+
     pub fn rule_id(&self) -> &str {
         self.decision.as_ref().map_or("", |d| &*d.rule_id)
     }
@@ -195,12 +234,14 @@ impl ReqCtx {
     /// Answers `r`: counts it, logs the access event, and builds the guest-facing response.
     pub fn refuse(mut self, r: &Refusal) -> Response<Body> {
         self.shared().metrics.refusal(r.kind);
+        let mut r = r.clone();
+        r.request_id = self.access.ev.request_id.clone();
         if let Some(c) = &r.cause {
             self.access.ev.error = Some(c.clone());
         }
         self.access.ev.status = Some(r.kind.status().as_u16());
         self.access.finish(Outcome::Refused(r.kind));
-        refusal::respond(r)
+        refusal::respond(&r)
     }
 
     /// Refuses with `kind` and a cause.

@@ -25,6 +25,8 @@ pub struct Refusal {
     pub rule: String,
     /// Extra, code-specific fact (the denied range, the TLS cause, the SNI …), safe to show.
     pub cause: Option<String>,
+    /// The id of the refused request, shown to the guest and logged, for correlation.
+    pub request_id: Option<String>,
 }
 
 /// Refusal codes of the contract, plus the proxy's own request errors.
@@ -148,6 +150,7 @@ impl Refusal {
             port,
             rule: rule.into(),
             cause: None,
+            request_id: None,
         }
     }
 
@@ -214,6 +217,8 @@ struct RefusalBody<'a> {
     rule: &'a str,
     detail: String,
     hint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 /// The JSON body of a refusal.
@@ -227,6 +232,7 @@ pub fn body_json(r: &Refusal) -> String {
         rule: &r.rule,
         detail: egress_handle::redact_in(&detail).into_owned(),
         hint: r.kind.hint(),
+        request_id: r.request_id.as_deref(),
     };
     // Serializing a struct of strings and a u16 cannot fail; keep a valid body regardless.
     serde_json::to_string(&body).unwrap_or_else(|_| format!("{{\"error\":\"{}\"}}", r.code()))
@@ -297,6 +303,9 @@ pub fn headers(r: &Refusal) -> Vec<(&'static str, String)> {
     }
     if let Some(s) = r.kind.retry_after() {
         h.push(("retry-after", s.to_owned()));
+    }
+    if let Some(id) = &r.request_id {
+        h.push(("x-request-id", id.clone()));
     }
     h
 }

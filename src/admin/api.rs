@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::admin::{error, json};
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{Config, SecretsConfig};
 use crate::observe::metrics::Metrics;
 use crate::rung::bump::Bumper;
 use crate::state::Shared;
@@ -42,6 +42,8 @@ pub struct Api {
     handles: Arc<egress_handle::HandleAuthority>,
     initial_fetch_timeout: Duration,
     sampled: Sampled,
+    /// The secrets arrive over an SDS stream (its gauges mean something).
+    sds: bool,
 }
 
 impl Api {
@@ -60,6 +62,7 @@ impl Api {
             handles,
             initial_fetch_timeout,
             sampled: Sampled::default(),
+            sds: matches!(config.secrets, Some(SecretsConfig::Sds(_))),
         }
     }
 
@@ -91,26 +94,31 @@ impl Api {
                 "Total time spent minting leaves",
                 s.leaf_mint_seconds.clone(),
             );
-            r.register(
-                "sds_stream_connected",
-                "1 while the SDS stream is connected",
-                s.sds_connected.clone(),
-            );
-            r.register(
-                "sds_reconnects",
-                "SDS stream reconnects",
-                s.sds_reconnects.clone(),
-            );
-            r.register(
-                "sds_nacks",
-                "SDS responses rejected (NACKed)",
-                s.sds_nacks.clone(),
-            );
-            r.register(
-                "secrets_warm",
-                "1 when every referenced secret has been delivered",
-                s.secrets_warm.clone(),
-            );
+            if self.secrets.is_some() {
+                r.register(
+                    "secrets_warm",
+                    "1 when every referenced secret has been delivered",
+                    s.secrets_warm.clone(),
+                );
+            }
+            // Only an SDS stream has a connection state, reconnects and NACKs.
+            if self.sds {
+                r.register(
+                    "sds_stream_connected",
+                    "1 while the SDS stream is connected",
+                    s.sds_connected.clone(),
+                );
+                r.register(
+                    "sds_reconnects",
+                    "SDS stream reconnects",
+                    s.sds_reconnects.clone(),
+                );
+                r.register(
+                    "sds_nacks",
+                    "SDS responses rejected (NACKed)",
+                    s.sds_nacks.clone(),
+                );
+            }
         });
     }
 

@@ -26,6 +26,9 @@ pub mod fields {
     pub const RUNG: &str = "rung";
     pub const RULE: &str = "rule";
     pub const METHOD: &str = "method";
+    pub const PATH: &str = "path";
+    pub const REQUEST_ID: &str = "request_id";
+    pub const TTFB_MS: &str = "ttfb_ms";
     pub const STATUS: &str = "status";
     pub const BYTES_UP: &str = "bytes_up";
     pub const BYTES_DOWN: &str = "bytes_down";
@@ -96,6 +99,24 @@ impl From<End> for Outcome {
     }
 }
 
+/// A request's path for the log: the path as sent, each query value replaced by `…` (query
+/// values carry tokens, emails and keys), and any handle redacted.
+pub fn loggable_path(uri: &http::Uri) -> String {
+    let mut out = redact_in(uri.path()).into_owned();
+    if let Some(q) = uri.query() {
+        out.push('?');
+        let names: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{}=…", redact_in(name)),
+                None => redact_in(pair).into_owned(),
+            })
+            .collect();
+        out.push_str(&names.join("&"));
+    }
+    out
+}
+
 /// What kind of unit the event describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -126,6 +147,12 @@ pub struct AccessEvent {
     pub rung: Option<Rung>,
     pub rule: Option<String>,
     pub method: Option<String>,
+    /// The request path, query values redacted (see [`loggable_path`]).
+    pub path: Option<String>,
+    /// `x-request-id` as sent by the guest (when well-formed) or generated.
+    pub request_id: Option<String>,
+    /// Time from the unit's start to the upstream's response headers.
+    pub ttfb: Option<Duration>,
     pub status: Option<u16>,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -146,6 +173,9 @@ impl AccessEvent {
             rung: None,
             rule: None,
             method: None,
+            path: None,
+            request_id: None,
+            ttfb: None,
             status: None,
             bytes_up: 0,
             bytes_down: 0,
@@ -172,6 +202,9 @@ impl AccessEvent {
             rung = self.rung.map(Rung::as_str).unwrap_or(""),
             rule = opt(&self.rule),
             method = guest(&self.method),
+            path = guest(&self.path),
+            request_id = guest(&self.request_id),
+            ttfb_ms = self.ttfb.map_or(0, |d| d.as_millis() as u64),
             status = self.status.unwrap_or(0),
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
@@ -202,6 +235,14 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_logged_without_query_values() {
+        let uri: http::Uri = "/v1/models?key=sk-secret&alt=json&flag".parse().unwrap();
+        assert_eq!(loggable_path(&uri), "/v1/models?key=…&alt=…&flag");
+        let uri: http::Uri = "/p".parse().unwrap();
+        assert_eq!(loggable_path(&uri), "/p");
+    }
+
+    #[test]
     fn json_fields_match_constants() {
         let buf = Buf::default();
         let w = buf.clone();
@@ -226,6 +267,9 @@ mod tests {
             fields::RUNG,
             fields::RULE,
             fields::METHOD,
+            fields::PATH,
+            fields::REQUEST_ID,
+            fields::TTFB_MS,
             fields::STATUS,
             fields::BYTES_UP,
             fields::BYTES_DOWN,

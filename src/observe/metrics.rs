@@ -23,10 +23,33 @@ fn rung_label(rung: Option<Rung>) -> String {
     rung.map_or("none", Rung::as_str).to_owned()
 }
 
+/// Labels of a tunnel or bump session: its rung, how it ended, the rule that admitted it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RungOutcome {
     pub rung: String,
     pub outcome: String,
+    pub rule: String,
+}
+
+/// Labels of a request: as for connections, plus the class of the status the guest got
+/// (`2xx`…`5xx`, `none` when no response was sent).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub rung: String,
+    pub outcome: String,
+    pub rule: String,
+    pub status: &'static str,
+}
+
+fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "none",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,7 +83,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub connections: Family<RungOutcome, Counter>,
-    pub requests: Family<RungOutcome, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
     pub refusals: Family<CodeLabel, Counter>,
     pub bytes: Family<DirectionLabel, Counter>,
     pub active_tunnels: Gauge,
@@ -81,7 +104,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("egress_edge");
         let connections = Family::<RungOutcome, Counter>::default();
-        let requests = Family::<RungOutcome, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
         let refusals = Family::<CodeLabel, Counter>::default();
         let bytes = Family::<DirectionLabel, Counter>::default();
         let active_tunnels = Gauge::default();
@@ -177,22 +200,31 @@ impl Metrics {
             .inc();
     }
 
-    /// A tunnel or bump session ended.
-    pub fn connection(&self, rung: Option<Rung>, outcome: Outcome) {
+    /// A tunnel or bump session ended. `rule` is a config rule id (bounded by the config).
+    pub fn connection(&self, rung: Option<Rung>, rule: Option<&str>, outcome: Outcome) {
         self.connections
             .get_or_create(&RungOutcome {
                 rung: rung_label(rung),
                 outcome: outcome.as_str().to_owned(),
+                rule: rule.unwrap_or("none").to_owned(),
             })
             .inc();
     }
 
-    /// A proxied request ended.
-    pub fn request(&self, rung: Option<Rung>, outcome: Outcome) {
+    /// A proxied request ended with `status` sent to the guest.
+    pub fn request(
+        &self,
+        rung: Option<Rung>,
+        rule: Option<&str>,
+        outcome: Outcome,
+        status: Option<u16>,
+    ) {
         self.requests
-            .get_or_create(&RungOutcome {
+            .get_or_create(&RequestLabels {
                 rung: rung_label(rung),
                 outcome: outcome.as_str().to_owned(),
+                rule: rule.unwrap_or("none").to_owned(),
+                status: status_class(status),
             })
             .inc();
     }

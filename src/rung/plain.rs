@@ -10,6 +10,7 @@ use crate::body::Body;
 use crate::context::ReqCtx;
 use crate::credential;
 use crate::net::host::Host;
+use crate::observe::access_log::loggable_path;
 use crate::policy::Rung;
 use crate::refusal::Kind;
 use crate::upstream::hop;
@@ -24,8 +25,9 @@ pub fn authority(host: &Host, port: u16, default_port: u16) -> String {
 }
 
 /// Relays an admitted absolute-form request.
-pub async fn relay(ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Response<Body> {
+pub async fn relay(mut ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    ctx.ev().path = Some(loggable_path(&parts.uri));
     if let Err(r) = credential::scan::refuse_stray_handles(
         &ctx.shared().metrics,
         &parts,
@@ -50,6 +52,7 @@ pub async fn relay(ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Response<
         );
     }
     hop::strip(&mut parts.headers, false);
+    ctx.bind_request_id(&mut parts.headers);
     let authority = authority(&host, ctx.port, 80);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match Uri::builder()

@@ -17,6 +17,7 @@ use crate::context::ReqCtx;
 use crate::observe::access_log::Outcome;
 use crate::refusal;
 use crate::upstream::client::HttpClient;
+use crate::upstream::connector::DialedAddr;
 use crate::upstream::metered::Counted;
 use crate::upstream::relay::send;
 
@@ -38,8 +39,11 @@ pub async fn relay(mut ctx: ReqCtx, client: &HttpClient, req: Request<Incoming>)
     ctx.shared()
         .metrics
         .request_latency(rung, sent.elapsed().as_secs_f64());
+    let ttfb = ctx.access.start().elapsed();
     let (parts, body) = resp.into_parts();
     ctx.ev().status = Some(parts.status.as_u16());
+    ctx.ev().ttfb = Some(ttfb);
+    ctx.ev().resolved = parts.extensions.get::<DialedAddr>().map(|d| d.0);
     let down = Arc::new(AtomicU64::new(0));
     let mut access = ctx.access;
     let counted = down.clone();

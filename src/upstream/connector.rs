@@ -90,6 +90,11 @@ pub fn find_connect_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a Con
     None
 }
 
+/// The address an upstream connection was dialed to, attached to every response that came
+/// over it (hyper-util copies connection extras into response extensions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialedAddr(pub std::net::SocketAddr);
+
 /// A plain or TLS upstream stream.
 #[derive(Debug)]
 pub enum MaybeTls {
@@ -99,16 +104,15 @@ pub enum MaybeTls {
 
 impl Connection for MaybeTls {
     fn connected(&self) -> Connected {
-        match self {
-            MaybeTls::Plain(_) => Connected::new(),
-            MaybeTls::Tls(t) => {
-                if t.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
+        let (tcp, h2) = match self {
+            MaybeTls::Plain(s) => (s, false),
+            MaybeTls::Tls(t) => (t.get_ref().0, t.get_ref().1.alpn_protocol() == Some(b"h2")),
+        };
+        let mut c = Connected::new();
+        if let Ok(addr) = tcp.peer_addr() {
+            c = c.extra(DialedAddr(addr));
         }
+        if h2 { c.negotiated_h2() } else { c }
     }
 }
 

@@ -5,7 +5,7 @@
 //! when nothing moved for the idle timeout, at hard shutdown, or when the kill switch fires.
 //! This module does not look at the bytes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -65,11 +65,15 @@ where
     let down = AtomicU64::new(0);
     let (mut gr, mut gw) = tokio::io::split(guest);
     let (mut ur, mut uw) = tokio::io::split(upstream);
+    let half_closed = AtomicBool::new(false);
     let both = async {
-        let a = pump(&mut gr, &mut uw, &up, &last, start);
-        let b = pump(&mut ur, &mut gw, &down, &last, start);
+        let a = pump(&mut gr, &mut uw, &up, &last, start, &half_closed);
+        let b = pump(&mut ur, &mut gw, &down, &last, start, &half_closed);
         match tokio::try_join!(a, b) {
             Ok(_) => End::Closed,
+            // Once one side has finished, a reset or broken pipe on the other is how many
+            // peers close (no lingering, no TLS close_notify): the tunnel did its job.
+            Err(e) if half_closed.load(Ordering::Relaxed) && is_closing(&e) => End::Closed,
             Err(_) => End::Error,
         }
     };
@@ -86,12 +90,26 @@ where
     }
 }
 
+/// Errors that mean "the peer went away", not "something broke".
+pub fn is_closing(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset
+            | K::BrokenPipe
+            | K::UnexpectedEof
+            | K::NotConnected
+            | K::ConnectionAborted
+    )
+}
+
 async fn pump<R, W>(
     r: &mut R,
     w: &mut W,
     count: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
+    half_closed: &AtomicBool,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -103,6 +121,7 @@ where
         if n == 0 {
             // Half-close: the other direction may still be streaming (a download after the
             // request body ended).
+            half_closed.store(true, Ordering::Relaxed);
             let _ = w.shutdown().await;
             return Ok(());
         }

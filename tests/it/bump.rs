@@ -241,7 +241,7 @@ async fn declined_upgrade_is_counted_once() {
     let (status, _, _) = read_response(&mut tls).await;
     assert_eq!(status, 200, "the upstream declined the upgrade");
     env.proxy
-        .wait_metric("egress_edge_requests_total{rung=\"bump\",outcome=\"ok\"} 1")
+        .wait_metric("egress_edge_requests_total{rung=\"bump\",outcome=\"ok\",rule=\"destinations[0]\",status=\"2xx\"} 1")
         .await;
 }
 
@@ -551,4 +551,89 @@ destinations:
             assert!(out.contains("x-egress-edge-error: upstream_tls"), "{out}");
         }
     }
+}
+
+/// The access log users expect: request events with the path (query values redacted), a
+/// request id (the guest's, propagated, or a generated one, also in refusal bodies), the
+/// upstream status, time to first byte and the address actually dialed; the session event
+/// with real byte counts and an `ok` outcome when the guest simply closes.
+#[tokio::test]
+async fn access_events_carry_path_id_status_ttfb_dialed_address_and_bytes() {
+    let logs = crate::inject::capture_logs();
+    let env = bump_env(None).await;
+    let port = env.up.port();
+    let mut tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{port}"),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    tls.write_all(
+        format!(
+            "GET /headers?marker=access-shape-1&key=hush HTTP/1.1\r\nHost: bump.test:{port}\r\nX-Request-Id: guest-id-42\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut tls).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body)["x-request-id"],
+        "guest-id-42",
+        "propagated upstream"
+    );
+    // A refused request on the same session: the id comes back in the body.
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, headers, body) = read_response(&mut tls).await;
+    assert_eq!(status, 403);
+    let id = json(&body)["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "{body}");
+    assert_eq!(header(&headers, "x-request-id"), Some(id.as_str()));
+    drop(tls);
+    // The capture is tracing's JSON with the event's fields under `fields`.
+    let fields = |l: &str| -> Option<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .map(|v| v["fields"].clone())
+    };
+    let wanted = |lines: &str, needle: &str| -> Option<serde_json::Value> {
+        lines
+            .lines()
+            .filter(|l| l.contains(needle) && l.contains("egress_edge::access"))
+            .find_map(fields)
+    };
+    let mut request = None;
+    let mut session = None;
+    for _ in 0..50 {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+        request = wanted(&text, "marker=…&key=…");
+        session = text
+            .lines()
+            .filter(|l| l.contains("\"bump_session\"") && l.contains("bump.test"))
+            .filter_map(fields)
+            .find(|v| v["port"] == port && v["bytes_down"].as_u64().unwrap_or(0) > 0);
+        if request.is_some() && session.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let request = request.expect("request event");
+    assert_eq!(request["path"], "/headers?marker=…&key=…");
+    assert!(!request.to_string().contains("hush"), "query value logged");
+    assert_eq!(request["request_id"], "guest-id-42");
+    assert_eq!(request["status"], 200);
+    assert!(request["ttfb_ms"].as_u64().is_some());
+    assert_eq!(
+        request["resolved"],
+        format!("127.0.0.1:{port}"),
+        "{request}"
+    );
+    let session = session.expect("session event with bytes");
+    assert_eq!(session["outcome"], "ok", "{session}");
+    assert!(session["bytes_up"].as_u64().unwrap() > 0, "{session}");
 }

@@ -125,7 +125,9 @@ default_rung: deny
     proxy.reloader.reload_file(&proxy.config_path).unwrap();
 
     let text = proxy
-        .wait_metric("egress_edge_connections_total{rung=\"passthrough\",outcome=\"ok\"} 1")
+        .wait_metric(
+            "egress_edge_connections_total{rung=\"passthrough\",outcome=\"ok\",rule=\"destinations[0]\"} 1",
+        )
         .await;
     let text = if text.contains("egress_edge_connections_total{rung=\"bump\"") {
         text
@@ -160,9 +162,6 @@ default_rung: deny
         ("egress_edge_handle_redemptions", "counter"),
         ("egress_edge_config_reloads", "counter"),
         ("egress_edge_admin_auth_failures", "counter"),
-        ("egress_edge_sds_stream_connected", "gauge"),
-        ("egress_edge_sds_reconnects", "counter"),
-        ("egress_edge_sds_nacks", "counter"),
         ("egress_edge_secrets_warm", "gauge"),
         ("egress_edge_secret_version", "gauge"),
         ("egress_edge_secret_updated_timestamp_seconds", "gauge"),
@@ -178,6 +177,14 @@ default_rung: deny
     for name in exp.types.keys() {
         assert!(name.starts_with("egress_edge_"), "unprefixed family {name}");
     }
+    // The secrets come from a file: no SDS stream, so no SDS gauges pretending to be down.
+    for family in [
+        "egress_edge_sds_stream_connected",
+        "egress_edge_sds_reconnects",
+        "egress_edge_sds_nacks",
+    ] {
+        assert!(!exp.types.contains_key(family), "{family} without SDS");
+    }
 
     // Labelled families have the samples the traffic above produced.
     let v = |n: &str, l: &[(&str, &str)]| {
@@ -187,14 +194,23 @@ default_rung: deny
     assert_eq!(
         v(
             "egress_edge_connections_total",
-            &[("rung", "deny"), ("outcome", "destination_denied")]
+            &[
+                ("rung", "deny"),
+                ("outcome", "destination_denied"),
+                ("rule", "default_rung")
+            ]
         ),
         1.0
     );
     assert_eq!(
         v(
             "egress_edge_requests_total",
-            &[("rung", "deny"), ("outcome", "destination_denied")]
+            &[
+                ("rung", "deny"),
+                ("outcome", "destination_denied"),
+                ("rule", "default_rung"),
+                ("status", "4xx")
+            ]
         ),
         1.0
     );

@@ -10,6 +10,7 @@
 mod request;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use egress_ca::{DeploymentCa, LeafCache};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +27,7 @@ use crate::observe::access_log::Outcome;
 use crate::policy::Decision;
 use crate::refusal::Kind;
 use crate::rung::sni;
+use crate::upstream::metered::CountedIo;
 use crate::upstream::tunnel::Stops;
 
 /// Mints leaves and terminates guest TLS for bumped destinations.
@@ -219,10 +221,21 @@ impl Bumper {
             .timer(hyper_util::rt::TokioTimer::new())
             .max_header_list_size(snap.config.proxy.max_header_bytes as u32);
         shared.metrics.active_tunnels.inc();
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let tls = CountedIo::new(tls, up.clone(), down.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         let outcome = tokio::select! {
-            r = conn.as_mut() => if r.is_ok() { Outcome::Ok } else { Outcome::IoError },
+            r = conn.as_mut() => match r {
+                Ok(()) => Outcome::Ok,
+                // The guest closed without TLS close_notify or reset the connection between
+                // requests: how most clients end a session, not a failure.
+                Err(e) if guest_went_away(&*e) => Outcome::Ok,
+                Err(e) => {
+                    access.ev.error = Some(e.to_string());
+                    Outcome::IoError
+                }
+            },
             () = shared.draining.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {
@@ -234,6 +247,26 @@ impl Bumper {
             () = kill.cancelled() => Outcome::KillSwitch,
         };
         shared.metrics.active_tunnels.dec();
+        // TLS bytes on the guest side, handshake excluded.
+        access.ev.bytes_up = up.load(Ordering::Relaxed);
+        access.ev.bytes_down = down.load(Ordering::Relaxed);
         access.finish(outcome);
     }
+}
+
+/// Whether a session error only says the guest went away (EOF without close_notify, reset).
+fn guest_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return crate::upstream::tunnel::is_closing(io);
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -14,10 +14,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, full};
-use crate::context::{Access, ConnCtx, ReqCtx};
+use crate::context::{Access, ConnCtx, ReqCtx, new_request_id};
 use crate::credential::{Dest, Injector};
 use crate::net::host::Host;
-use crate::observe::access_log::{AccessEvent, Outcome, Unit};
+use crate::observe::access_log::{AccessEvent, Outcome, Unit, loggable_path};
 use crate::policy::{Decision, OtherRule, Rung};
 use crate::refusal::{self, Kind};
 use crate::rung::plain::authority;
@@ -48,6 +48,7 @@ impl Session {
             self.port,
         );
         ev.method = Some(method.to_string());
+        ev.request_id = Some(new_request_id());
         ev.rung = Some(Rung::Bump);
         ev.rule = Some(self.decision.rule_id.to_string());
         ReqCtx {
@@ -63,6 +64,7 @@ impl Session {
 
 pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<Body>, Infallible> {
     let mut ctx = s.request_ctx(Instant::now(), req.method());
+    ctx.ev().path = Some(loggable_path(req.uri()));
     let host = match request_host(&req, &s) {
         Ok(h) => h,
         Err(cause) => return Ok(ctx.deny(Kind::HostMismatch, cause)),
@@ -92,6 +94,7 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
         Err(r) => return Ok(ctx.refuse(&r)),
     };
     hop::strip(&mut parts.headers, true);
+    ctx.bind_request_id(&mut parts.headers);
     let authority = authority(&host, s.port, 443);
     let pq = parts
         .uri
