@@ -12,6 +12,7 @@
 
 mod mtls;
 pub mod oauth;
+pub mod reflect;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
