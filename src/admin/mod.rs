@@ -3,9 +3,11 @@
 //! Fails closed: a token file must be non-empty and not world-readable; TLS material must be
 //! complete; a non-loopback TCP listener needs a token or mTLS. `/v1/*` requires the token
 //! (constant-time comparison) or a verified client certificate whenever either is configured.
-//! This module does not proxy traffic.
+//! Every `/v1/*` request also passes the browser defences in [`guard`] (foreign `Origin`,
+//! rebound `Host`, non-JSON writes are refused). This module does not proxy traffic.
 
 pub mod api;
+pub mod guard;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -148,6 +150,8 @@ pub struct AdminCtx {
     pub auth: AdminAuth,
     pub ready: AtomicBool,
     pub api: crate::admin::api::Api,
+    /// TCP or unix socket, and the addresses a `Host` header may name.
+    pub transport: guard::AdminTransport,
 }
 
 /// Serves one admin connection (TLS or not).
@@ -234,7 +238,7 @@ async fn route(
             text(StatusCode::OK, ctx.api.ca_pem(), "application/x-pem-file")
         }
         (_, p) if p.starts_with("/v1/") => {
-            if let Err(resp) = authorize(&req, &ctx, client_cert) {
+            if let Err(resp) = admit(&req, &ctx, client_cert) {
                 return Ok(resp);
             }
             v1(req, &ctx).await
@@ -263,14 +267,62 @@ fn readyz(ctx: &AdminCtx) -> Response<Body> {
     }
 }
 
+/// How a `/v1` request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authorized {
+    /// No authentication is configured: the request is trusted for where it came from.
+    Open,
+    /// A bearer token or a verified client certificate, neither of which a web page can
+    /// present on its own.
+    Credential,
+}
+
+/// The gate in front of `/v1/*`: `Origin`, then authentication, then `Host`, then the media
+/// type. A foreign `Origin` is refused however the request is authenticated; the `Host`
+/// check only applies to requests no credential vouches for (a rebound page has none, and a
+/// remote operator with the token may use any name for the listener).
+#[allow(clippy::result_large_err)]
+fn admit(req: &Request<Incoming>, ctx: &AdminCtx, client_cert: bool) -> Result<(), Response<Body>> {
+    let authority = guard::request_authority(req);
+    guard::check_origin(req.headers(), authority, ctx.auth.tls.is_some())
+        .map_err(|r| refuse(req, ctx, r))?;
+    if authorize(req, ctx, client_cert)? == Authorized::Open {
+        guard::check_host(authority, &ctx.transport).map_err(|r| refuse(req, ctx, r))?;
+    }
+    guard::check_media_type(req.method(), req.headers()).map_err(|r| refuse(req, ctx, r))
+}
+
+fn refuse(req: &Request<Incoming>, ctx: &AdminCtx, why: guard::Refusal) -> Response<Body> {
+    if why != guard::Refusal::NotJson {
+        ctx.shared
+            .metrics
+            .admin_auth_failures
+            .get_or_create(&crate::observe::metrics::CodeLabel {
+                code: why.code().into(),
+            })
+            .inc();
+        tracing::warn!(
+            reason = why.code(),
+            path = %req.uri().path(),
+            origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            host = guard::request_authority(req).unwrap_or(""),
+            "admin API request refused"
+        );
+    }
+    error(why.status(), why.code(), &why.to_string())
+}
+
 #[allow(clippy::result_large_err)]
 fn authorize(
     req: &Request<Incoming>,
     ctx: &AdminCtx,
     client_cert: bool,
-) -> Result<(), Response<Body>> {
-    if !ctx.auth.required() || client_cert {
-        return Ok(());
+) -> Result<Authorized, Response<Body>> {
+    if client_cert {
+        return Ok(Authorized::Credential);
+    }
+    if !ctx.auth.required() {
+        return Ok(Authorized::Open);
     }
     let fail = |code: &str, status: StatusCode, detail: &str| {
         ctx.shared
@@ -304,7 +356,7 @@ fn authorize(
             StatusCode::UNAUTHORIZED,
             "send Authorization: Bearer <admin token>",
         )),
-        Some(t) if bool::from(t.trim().as_bytes().ct_eq(expected)) => Ok(()),
+        Some(t) if bool::from(t.trim().as_bytes().ct_eq(expected)) => Ok(Authorized::Credential),
         Some(_) => Err(fail(
             "token_invalid",
             StatusCode::FORBIDDEN,

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::admin::api::Api;
+use crate::admin::guard::AdminTransport;
 use crate::admin::{AdminAuth, AdminCtx};
 use crate::config::Config;
 use crate::credential::Injector;
@@ -159,6 +160,7 @@ impl App {
             auth,
             ready: AtomicBool::new(false),
             api,
+            transport: admin_transport(&config, listeners.admin.as_ref()),
         });
         let proxy_addr = listeners
             .proxy
@@ -227,5 +229,27 @@ impl App {
             t.abort();
         }
         tracing::info!("stopped");
+    }
+}
+
+/// What the admin API's `Host` check accepts besides loopback: the configured listen address
+/// and the address actually bound (they differ for port 0 or when the caller bound it).
+fn admin_transport(config: &Config, bound: Option<&AdminListener>) -> AdminTransport {
+    match bound {
+        Some(AdminListener::Unix(..)) => AdminTransport::Unix,
+        Some(AdminListener::Tcp(l)) => {
+            let mut addrs: Vec<std::net::IpAddr> =
+                l.local_addr().map(|a| a.ip()).into_iter().collect();
+            if let crate::config::ListenAddr::Tcp(a) = &config.admin.listen {
+                addrs.push(a.ip());
+            }
+            AdminTransport::Tcp { addrs }
+        }
+        None => match &config.admin.listen {
+            crate::config::ListenAddr::Unix(_) => AdminTransport::Unix,
+            crate::config::ListenAddr::Tcp(a) => AdminTransport::Tcp {
+                addrs: vec![a.ip()],
+            },
+        },
     }
 }

@@ -126,9 +126,8 @@ async fn admin_post(
     let token = std::env::var("EGRESS_EDGE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let mut req = Request::post(path)
-        .header(header::HOST, "egress-edge-admin")
-        .header(header::CONTENT_TYPE, "application/json");
+    // `send` sets Host to the authority it dials; the admin API refuses any other name.
+    let mut req = Request::post(path).header(header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }

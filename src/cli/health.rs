@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
+use http::Request;
 use http_body_util::Full;
 
 /// Ok only on a 2xx answer within 5 seconds.
 pub async fn health(admin: &str) -> Result<(), String> {
     let req = Request::get("/healthz")
-        .header(header::HOST, "egress-edge-admin")
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(

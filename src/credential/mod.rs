@@ -15,6 +15,7 @@
 
 mod mtls;
 pub mod oauth;
+pub mod reflect;
 pub mod scan;
 mod swap;
 

@@ -11,30 +11,48 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The `default` deny group: everything that is not the public internet.
+///
+/// Two kinds of entry: IANA special-purpose ranges that are not globally reachable (RFC 6890
+/// and the IANA special-purpose registries), and cloud-provider addresses that sit in
+/// otherwise public space but are only reachable from inside that provider's network, where
+/// they serve instance metadata, host agents, or private service endpoints. Every cloud
+/// metadata service we know of lives in a range below: AWS, GCP, Azure, Oracle, DigitalOcean,
+/// Huawei, OpenStack, IBM VPC on `169.254.169.254` (link-local); AWS time sync and DNS on
+/// `169.254.169.123` / `169.254.169.253`; Tencent on `169.254.0.23`; Alibaba on
+/// `100.100.100.200` (CGNAT); Oracle's legacy `192.0.0.192` (IETF protocol assignments); the
+/// IPv6 endpoints (`fd00:ec2::254`, GCP `fd20:ce::254`, Oracle `fd00:c1::a9fe:a9fe`) in ULA.
 pub const DEFAULT_DENY: &[&str] = &[
     // IPv4
-    "0.0.0.0/8",       // "this network", unspecified
-    "10.0.0.0/8",      // RFC 1918
-    "100.64.0.0/10",   // CGNAT
-    "127.0.0.0/8",     // loopback
-    "169.254.0.0/16",  // link-local, cloud metadata
-    "172.16.0.0/12",   // RFC 1918
-    "192.0.0.0/24",    // IETF protocol assignments
-    "192.0.2.0/24",    // TEST-NET-1
-    "192.168.0.0/16",  // RFC 1918
-    "198.18.0.0/15",   // benchmarking
-    "198.51.100.0/24", // TEST-NET-2
-    "203.0.113.0/24",  // TEST-NET-3
-    "224.0.0.0/4",     // multicast
-    "240.0.0.0/4",     // reserved, including 255.255.255.255 broadcast
+    "0.0.0.0/8",        // "this network", unspecified
+    "10.0.0.0/8",       // RFC 1918
+    "100.64.0.0/10",    // CGNAT (Alibaba metadata 100.100.100.200, Huawei 100.125/16)
+    "127.0.0.0/8",      // loopback
+    "161.26.0.0/16",    // IBM Cloud IaaS private endpoints (DNS, NTP, mirrors, object storage)
+    "166.8.0.0/14",     // IBM Cloud PaaS private service endpoints
+    "168.63.129.16/32", // Azure WireServer: host agent, DNS, health probes, in every VNet
+    "169.254.0.0/16",   // link-local, cloud metadata
+    "172.16.0.0/12",    // RFC 1918
+    "192.0.0.0/24",     // IETF protocol assignments (Oracle's legacy metadata 192.0.0.192)
+    "192.0.2.0/24",     // TEST-NET-1
+    "192.88.99.0/24",   // deprecated 6to4 relay anycast (RFC 7526)
+    "192.168.0.0/16",   // RFC 1918
+    "198.18.0.0/15",    // benchmarking
+    "198.51.100.0/24",  // TEST-NET-2
+    "203.0.113.0/24",   // TEST-NET-3
+    "224.0.0.0/4",      // multicast
+    "240.0.0.0/4",      // reserved, including 255.255.255.255 broadcast
     // IPv6
     "::/128",         // unspecified
     "::1/128",        // loopback
     "100::/64",       // discard-only
     "2001::/32",      // Teredo: the IPv4 inside is obfuscated, so no address in it is judged safe
+    "2001:2::/48",    // benchmarking
+    "2001:10::/28",   // deprecated ORCHID
     "2001:db8::/32",  // documentation
+    "3fff::/20",      // documentation (RFC 9637)
+    "5f00::/16",      // SRv6 SIDs (RFC 9602)
     "64:ff9b:1::/48", // local-use NAT64
-    "fc00::/7",       // unique local
+    "fc00::/7",       // unique local (AWS fd00:ec2::/32, GCP fd20:ce::254, Oracle fd00:c1::)
     "fec0::/10",      // deprecated site-local
     "fe80::/10",      // link-local
     "ff00::/8",       // multicast
@@ -189,6 +207,120 @@ mod tests {
                 p.check(addr.parse().unwrap()).is_ok(),
                 "case `{case}` must be allowed"
             );
+        }
+    }
+
+    /// One row per cloud metadata / host-agent / private-endpoint address and per IANA
+    /// special-purpose range: (who or what, address, the `default` entry that must refuse it).
+    #[test]
+    fn cloud_and_special_purpose_table() {
+        let rows: &[(&str, &str, &str)] = &[
+            ("AWS IMDS", "169.254.169.254", "169.254.0.0/16"),
+            ("AWS IMDS IPv6", "fd00:ec2::254", "fc00::/7"),
+            ("AWS Time Sync", "169.254.169.123", "169.254.0.0/16"),
+            ("AWS Time Sync IPv6", "fd00:ec2::123", "fc00::/7"),
+            ("AWS Route 53 Resolver", "169.254.169.253", "169.254.0.0/16"),
+            ("AWS Route 53 Resolver IPv6", "fd00:ec2::253", "fc00::/7"),
+            ("AWS ECS task metadata", "169.254.170.2", "169.254.0.0/16"),
+            ("AWS EKS Pod Identity", "169.254.170.23", "169.254.0.0/16"),
+            ("AWS EKS Pod Identity IPv6", "fd00:ec2::23", "fc00::/7"),
+            (
+                "GCP metadata.google.internal",
+                "169.254.169.254",
+                "169.254.0.0/16",
+            ),
+            ("GCP metadata IPv6", "fd20:ce::254", "fc00::/7"),
+            ("Azure IMDS", "169.254.169.254", "169.254.0.0/16"),
+            ("Azure WireServer", "168.63.129.16", "168.63.129.16/32"),
+            (
+                "Azure WireServer mapped",
+                "::ffff:168.63.129.16",
+                "168.63.129.16/32",
+            ),
+            (
+                "Azure WireServer NAT64",
+                "64:ff9b::a83f:8110",
+                "168.63.129.16/32",
+            ),
+            ("Alibaba metadata", "100.100.100.200", "100.64.0.0/10"),
+            ("Alibaba DNS", "100.100.2.136", "100.64.0.0/10"),
+            ("Oracle IMDS", "169.254.169.254", "169.254.0.0/16"),
+            ("Oracle legacy IMDS", "192.0.0.192", "192.0.0.0/24"),
+            ("Oracle IMDS IPv6", "fd00:c1::a9fe:a9fe", "fc00::/7"),
+            ("DigitalOcean metadata", "169.254.169.254", "169.254.0.0/16"),
+            (
+                "Tencent metadata.tencentyun.com",
+                "169.254.0.23",
+                "169.254.0.0/16",
+            ),
+            ("Huawei metadata", "169.254.169.254", "169.254.0.0/16"),
+            ("Huawei internal services", "100.125.0.1", "100.64.0.0/10"),
+            ("OpenStack metadata", "169.254.169.254", "169.254.0.0/16"),
+            ("OpenStack metadata IPv6", "fe80::a9fe:a9fe", "fe80::/10"),
+            ("IBM VPC metadata", "169.254.169.254", "169.254.0.0/16"),
+            (
+                "IBM IaaS private endpoint (DNS)",
+                "161.26.0.10",
+                "161.26.0.0/16",
+            ),
+            (
+                "IBM IaaS private endpoint, top",
+                "161.26.255.255",
+                "161.26.0.0/16",
+            ),
+            ("IBM PaaS private endpoint", "166.9.12.1", "166.8.0.0/14"),
+            (
+                "IBM PaaS private endpoint, top",
+                "166.11.255.255",
+                "166.8.0.0/14",
+            ),
+            ("Scaleway metadata", "169.254.42.42", "169.254.0.0/16"),
+            ("Linode metadata IPv6", "fd00:a9fe:a9fe::1", "fc00::/7"),
+            ("RFC 6890 this network", "0.1.2.3", "0.0.0.0/8"),
+            (
+                "RFC 6890 IETF protocol assignments",
+                "192.0.0.9",
+                "192.0.0.0/24",
+            ),
+            ("RFC 5737 TEST-NET-1", "192.0.2.1", "192.0.2.0/24"),
+            (
+                "RFC 7526 6to4 relay anycast",
+                "192.88.99.1",
+                "192.88.99.0/24",
+            ),
+            ("RFC 2544 benchmarking", "198.19.255.255", "198.18.0.0/15"),
+            ("RFC 5737 TEST-NET-2", "198.51.100.1", "198.51.100.0/24"),
+            ("RFC 5737 TEST-NET-3", "203.0.113.1", "203.0.113.0/24"),
+            ("RFC 1112 reserved", "240.0.0.1", "240.0.0.0/4"),
+            ("RFC 6666 discard-only", "100::1", "100::/64"),
+            ("RFC 5180 benchmarking v6", "2001:2::1", "2001:2::/48"),
+            ("RFC 4843 ORCHID", "2001:10::1", "2001:10::/28"),
+            ("RFC 3849 documentation", "2001:db8::1", "2001:db8::/32"),
+            ("RFC 9637 documentation", "3fff::1", "3fff::/20"),
+            ("RFC 9602 SRv6 SIDs", "5f00::1", "5f00::/16"),
+            ("RFC 8215 local-use NAT64", "64:ff9b:1::1", "64:ff9b:1::/48"),
+        ];
+        let p = policy(&[]);
+        for (what, addr, by) in rows {
+            let d = p
+                .check(addr.parse().unwrap())
+                .expect_err(&format!("{what} ({addr}) must be denied"));
+            assert_eq!(d.by, by.parse::<IpNet>().unwrap(), "{what} ({addr})");
+        }
+        // The new entries are exact: their public neighbours still pass.
+        for addr in [
+            "168.63.129.15",
+            "168.63.129.17",
+            "161.25.255.255",
+            "161.27.0.0",
+            "166.7.255.255",
+            "166.12.0.0",
+            "192.88.98.255",
+            "192.88.100.0",
+            "3fff:1000::1",
+            "2001:20::1",
+        ] {
+            assert!(p.check(addr.parse().unwrap()).is_ok(), "{addr}");
         }
     }
 

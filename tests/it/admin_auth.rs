@@ -1,4 +1,5 @@
-//! The admin listener's authentication matrix (none, token, TLS, mTLS, both) and the startup
+//! The admin listener's authentication matrix (none, token, TLS, mTLS, both), the browser
+//! defences on `/v1` (foreign `Origin`, rebound `Host`, non-JSON writes), and the startup
 //! refusals for bad admin material.
 //!
 //! Everything runs on real sockets on 127.0.0.1 with certificates generated at test time and
@@ -29,6 +30,348 @@ async fn no_auth_v1_config_is_open_on_loopback() {
     let (status, _, body) = http_get(proxy.admin, "/v1/no-such-thing", &[]).await;
     assert_eq!(status, 404);
     assert_eq!(json(&body)["error"], "not_found");
+}
+
+// ---- browser defences (CSRF, DNS rebinding) --------------------------------------------------
+
+/// `GET /v1/kill-switch`'s `enabled`.
+async fn kill_switch_on(proxy: &Proxy) -> bool {
+    let (status, _, body) = http_get(proxy.admin, "/v1/kill-switch", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    json(&body)["enabled"].as_bool().unwrap()
+}
+
+/// The cross-site form a browser can send without a preflight: `text/plain` with a foreign
+/// `Origin`. It must not turn the kill switch on, and neither must the same body without
+/// `Origin` or as a form (`curl -d`'s default type).
+#[tokio::test]
+async fn cross_site_text_plain_post_cannot_set_the_kill_switch() {
+    let proxy = Proxy::start("state_dir: STATE_DIR\n").await;
+    let host = proxy.admin.to_string();
+    let (status, headers, body) = admin_raw(
+        proxy.admin,
+        "POST",
+        "/v1/kill-switch",
+        &[
+            ("Host", &host),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "text/plain"),
+        ],
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(json(&body)["error"], "cross_origin");
+    assert!(json(&body)["detail"].is_string(), "{body}");
+    assert!(
+        !kill_switch_on(&proxy).await,
+        "a cross-site POST set the kill switch"
+    );
+
+    for ctype in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut h = vec![("Host", host.as_str())];
+        if let Some(c) = ctype {
+            h.push(("Content-Type", c));
+        }
+        let (status, _, body) = admin_raw(
+            proxy.admin,
+            "POST",
+            "/v1/kill-switch",
+            &h,
+            r#"{"enabled":true}"#,
+        )
+        .await;
+        assert_eq!(status, 415, "{ctype:?}: {body}");
+        assert_eq!(json(&body)["error"], "unsupported_media_type", "{ctype:?}");
+        assert!(
+            !kill_switch_on(&proxy).await,
+            "{ctype:?} set the kill switch"
+        );
+    }
+    assert!(!proxy.shared.kill.is_enabled());
+}
+
+/// A JSON POST (which a browser could only send cross-site after a preflight we never answer)
+/// is refused all the same when it carries a foreign `Origin`, including `null` and another
+/// port on the same host; reads under `/v1` are refused on a foreign `Origin` too.
+#[tokio::test]
+async fn foreign_origin_is_refused_on_v1() {
+    let proxy = Proxy::start("state_dir: STATE_DIR\n").await;
+    let other_port = format!("http://127.0.0.1:{}", proxy.admin.port() ^ 1);
+    for origin in [
+        "http://evil.example",
+        "https://evil.example",
+        "null",
+        other_port.as_str(),
+        "http://localhost:1",
+    ] {
+        let (status, _, body) = admin_post(
+            proxy.admin,
+            "/v1/kill-switch",
+            r#"{"enabled":true}"#,
+            &[("Origin", origin)],
+        )
+        .await;
+        assert_eq!(status, 403, "{origin}: {body}");
+        assert_eq!(json(&body)["error"], "cross_origin", "{origin}");
+        let (status, _, body) = http_get(proxy.admin, "/v1/config", &[("Origin", origin)]).await;
+        assert_eq!(status, 403, "{origin}: {body}");
+        let (status, _, _) = admin_post(
+            proxy.admin,
+            "/v1/handles",
+            r#"{"credentials":["k"],"ttl":"5m"}"#,
+            &[("Origin", origin)],
+        )
+        .await;
+        assert_eq!(status, 403, "{origin}");
+    }
+    assert!(!kill_switch_on(&proxy).await);
+    // The open endpoints do not look at Origin.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _, body) =
+            http_get(proxy.admin, path, &[("Origin", "http://evil.example")]).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // The listener's own origin is not foreign.
+    let own = format!("http://{}", proxy.admin);
+    let (status, _, body) = admin_post(
+        proxy.admin,
+        "/v1/kill-switch",
+        r#"{"enabled":false}"#,
+        &[("Origin", &own)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    proxy
+        .wait_metric("egress_edge_admin_auth_failures_total{code=\"cross_origin\"} 15")
+        .await;
+}
+
+/// What curl and the CLI send: JSON, no `Origin`, a loopback `Host` (any loopback spelling,
+/// any port: port forwards change it).
+#[tokio::test]
+async fn json_post_without_origin_on_a_loopback_host_works() {
+    let proxy = Proxy::start("state_dir: STATE_DIR\n").await;
+    let port = proxy.admin.port();
+    let hosts = [
+        proxy.admin.to_string(),
+        "127.0.0.1".to_owned(),
+        format!("localhost:{port}"),
+        "LOCALHOST.:19901".to_owned(),
+        format!("[::1]:{port}"),
+        format!("127.0.0.2:{port}"),
+    ];
+    for (i, host) in hosts.iter().enumerate() {
+        let on = i % 2 == 0;
+        let (status, _, body) = admin_raw(
+            proxy.admin,
+            "POST",
+            "/v1/kill-switch",
+            &[
+                ("Host", host),
+                ("Content-Type", "application/json; charset=utf-8"),
+            ],
+            &format!(r#"{{"enabled":{on}}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "Host {host}: {body}");
+        assert_eq!(kill_switch_on(&proxy).await, on, "Host {host}");
+    }
+    let (status, body) = proxy.post("/v1/kill-switch", r#"{"enabled":false}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!kill_switch_on(&proxy).await);
+}
+
+/// DNS rebinding: a page on `evil.example` rebound to 127.0.0.1 is same-origin with the
+/// listener, but its requests name `evil.example` in `Host`.
+#[tokio::test]
+async fn rebound_host_is_refused() {
+    let proxy = Proxy::start("state_dir: STATE_DIR\n").await;
+    for host in [
+        "evil.example",
+        "evil.example:9901",
+        "localhost.evil.example",
+    ] {
+        let own_origin = format!("http://{host}");
+        let (status, _, body) = admin_raw(
+            proxy.admin,
+            "POST",
+            "/v1/kill-switch",
+            &[
+                ("Host", host),
+                ("Origin", &own_origin),
+                ("Content-Type", "application/json"),
+            ],
+            r#"{"enabled":true}"#,
+        )
+        .await;
+        assert_eq!(status, 403, "Host {host}: {body}");
+        assert_eq!(json(&body)["error"], "host_not_allowed", "Host {host}");
+        let (status, _, body) =
+            admin_raw(proxy.admin, "GET", "/v1/config", &[("Host", host)], "").await;
+        assert_eq!(status, 403, "Host {host}: {body}");
+        assert_eq!(json(&body)["error"], "host_not_allowed");
+    }
+    // No Host at all is not the listener either.
+    let (status, _, body) = admin_raw(
+        proxy.admin,
+        "POST",
+        "/v1/kill-switch",
+        &[("Content-Type", "application/json")],
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!kill_switch_on(&proxy).await);
+    // Health and metrics stay open whatever the Host.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _, body) =
+            admin_raw(proxy.admin, "GET", path, &[("Host", "evil.example")], "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    proxy
+        .wait_metric("egress_edge_admin_auth_failures_total{code=\"host_not_allowed\"} 7")
+        .await;
+}
+
+/// With the token, the request is authenticated by something a web page cannot send, so any
+/// `Host` works (a remote operator names the listener as they like); a foreign `Origin` is
+/// still refused, and a write must still be JSON.
+#[tokio::test]
+async fn token_requests_may_name_any_host_but_not_a_foreign_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let tf = token_file(dir.path(), "token", TOKEN, 0o600);
+    let proxy = Proxy::start(&format!(
+        "state_dir: STATE_DIR\nadmin: {{ token_file: '{}' }}\n",
+        tf.display()
+    ))
+    .await;
+    let auth = bearer(TOKEN);
+    let json_post = |host: &'static str, extra: Option<(&'static str, &'static str)>| {
+        let auth = auth.clone();
+        let admin = proxy.admin;
+        async move {
+            let mut h = vec![
+                ("Host", host),
+                ("Content-Type", "application/json"),
+                ("Authorization", auth.as_str()),
+            ];
+            h.extend(extra);
+            admin_raw(admin, "POST", "/v1/kill-switch", &h, r#"{"enabled":false}"#).await
+        }
+    };
+    let (status, _, body) = json_post("edge.corp.example:9901", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = json_post(
+        "edge.corp.example:9901",
+        Some(("Origin", "http://evil.example")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json(&body)["error"], "cross_origin");
+    let (status, _, body) = admin_raw(
+        proxy.admin,
+        "POST",
+        "/v1/kill-switch",
+        &[
+            ("Host", "localhost"),
+            ("Content-Type", "text/plain"),
+            ("Authorization", &auth),
+        ],
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    // Without the token a strange Host gets the authentication answer, not a hint.
+    let (status, _, body) = admin_raw(
+        proxy.admin,
+        "GET",
+        "/v1/config",
+        &[("Host", "evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!proxy.shared.kill.is_enabled());
+}
+
+/// A unix-socket listener has no meaningful `Host`, so it is not judged; `Origin` and the
+/// JSON rule still apply.
+#[tokio::test]
+async fn unix_socket_admin_skips_the_host_check_only() {
+    use egress_edge::app::{AdminListener, App, Listeners};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("admin.sock");
+    let config = egress_edge::config::parse_str(
+        &format!(
+            "state_dir: '{}'\nadmin: {{ listen: 'unix://{}' }}\n",
+            dir.path().join("state").display(),
+            sock.display()
+        ),
+        "test",
+    )
+    .unwrap();
+    let listeners = Listeners {
+        proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: Some(AdminListener::Unix(
+            tokio::net::UnixListener::bind(&sock).unwrap(),
+            sock.clone(),
+        )),
+    };
+    let app = App::build(config, listeners, BuildOptions::default())
+        .await
+        .unwrap();
+    let shared = app.shared().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    let request = |head: String, body: &'static str| {
+        let sock = sock.clone();
+        async move {
+            let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let req = format!(
+                "POST /v1/kill-switch HTTP/1.1\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            parse_response(&out)
+        }
+    };
+    let (status, _, body) = request(
+        "Host: whatever.example\r\nContent-Type: application/json\r\n".into(),
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(shared.kill.is_enabled());
+    let (status, _, body) = request(
+        "Host: localhost\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\n"
+            .into(),
+        r#"{"enabled":false}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json(&body)["error"], "cross_origin");
+    let (status, _, body) = request(
+        "Host: localhost\r\nContent-Type: text/plain\r\n".into(),
+        r#"{"enabled":false}"#,
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    assert!(shared.kill.is_enabled());
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
 }
 
 // ---- bearer token ---------------------------------------------------------------------------

@@ -179,3 +179,57 @@ async fn health_and_handle_cli_against_a_running_proxy() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `handle mint --admin unix:///…` against a unix-socket admin listener: the CLI's `Host`
+/// there is not judged, and its JSON POST passes the admin API's browser defences.
+#[tokio::test]
+async fn handle_cli_over_a_unix_socket_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sock = dir.path().join("admin.sock");
+    let cfg = dir.path().join("c.yaml");
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy: {{ listen: '{proxy}' }}\nadmin: {{ listen: 'unix://{}' }}\nstate_dir: {}\n",
+            sock.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let url = format!("unix://{}", sock.display());
+    let mut healthy = false;
+    for _ in 0..50 {
+        if bin()
+            .args(["health", "--admin", &url])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let minted = bin()
+        .args(["handle", "mint", "--credential", "k", "--admin", &url])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy, "health over the unix socket never succeeded");
+    assert!(
+        String::from_utf8_lossy(&minted.stdout).starts_with("eeh_"),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+}

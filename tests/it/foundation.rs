@@ -209,6 +209,77 @@ default_rung: passthrough
     assert_eq!(recorder.attempts.lock().unwrap().len(), 1);
 }
 
+/// Each cloud's metadata, host-agent and private-endpoint addresses, by name (pinned to the
+/// address the provider's resolver gives) and as literals, are refused by the `default` group
+/// before any connection attempt, on every port. Azure's WireServer and IBM's private
+/// endpoints are public-range addresses, so they need their own entries.
+#[tokio::test]
+async fn cloud_metadata_endpoints_are_refused_before_dialing() {
+    let yaml = "state_dir: STATE_DIR
+network:
+  hosts:
+    metadata.google.internal: 169.254.169.254
+    metadata.tencentyun.com: 169.254.0.23
+    instance-data.ec2.internal: 169.254.169.254
+    wireserver.azure.test: 168.63.129.16
+default_rung: passthrough
+";
+    let recorder = Arc::new(RecordingConnector::default());
+    let opts = BuildOptions {
+        connector: Some(recorder.clone()),
+        ..Default::default()
+    };
+    let proxy = Proxy::start_with(yaml, opts).await;
+    let corpus: &[(&str, &str)] = &[
+        ("AWS IMDS", "169.254.169.254:80"),
+        ("AWS IMDS by name", "instance-data.ec2.internal:80"),
+        ("AWS IMDS IPv6", "[fd00:ec2::254]:80"),
+        ("AWS Time Sync", "169.254.169.123:123"),
+        ("AWS DNS", "169.254.169.253:53"),
+        ("AWS ECS task metadata", "169.254.170.2:80"),
+        ("GCP metadata", "metadata.google.internal:80"),
+        ("GCP metadata IPv6", "[fd20:ce::254]:80"),
+        ("Azure IMDS", "169.254.169.254:80"),
+        ("Azure WireServer", "168.63.129.16:80"),
+        ("Azure WireServer HostGAPlugin", "168.63.129.16:32526"),
+        ("Azure WireServer by name", "wireserver.azure.test:443"),
+        ("Azure WireServer mapped", "[::ffff:168.63.129.16]:80"),
+        ("Alibaba metadata", "100.100.100.200:80"),
+        ("Oracle IMDS", "169.254.169.254:80"),
+        ("Oracle legacy IMDS", "192.0.0.192:80"),
+        ("DigitalOcean metadata", "169.254.169.254:80"),
+        ("Tencent metadata", "metadata.tencentyun.com:80"),
+        ("Tencent metadata literal", "169.254.0.23:80"),
+        ("Huawei metadata", "169.254.169.254:80"),
+        ("OpenStack metadata", "169.254.169.254:80"),
+        ("IBM VPC metadata", "169.254.169.254:80"),
+        ("IBM IaaS private endpoint", "161.26.0.10:53"),
+        ("IBM PaaS private endpoint", "166.9.0.1:443"),
+    ];
+    for (what, target) in corpus {
+        let (status, headers, body, _) = connect(proxy.addr, target).await;
+        assert_eq!(status, 403, "{what} ({target}): {body}");
+        assert_eq!(
+            header(&headers, "x-egress-edge-error"),
+            Some("address_denied"),
+            "{what} ({target}): {body}"
+        );
+    }
+    assert!(
+        recorder.attempts.lock().unwrap().is_empty(),
+        "attempts: {:?}",
+        recorder.attempts.lock().unwrap()
+    );
+    // A public neighbour of the WireServer reaches the dialer (which refuses it).
+    let (status, headers, _, _) = connect(proxy.addr, "168.63.129.17:80").await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        header(&headers, "x-egress-edge-error"),
+        Some("upstream_connect")
+    );
+    assert_eq!(recorder.attempts.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn ports_outside_the_rule_are_denied() {
     let yaml = "state_dir: STATE_DIR

@@ -148,13 +148,32 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// Plain-HTTP POST to the admin listener with optional extra headers.
+/// Plain-HTTP JSON POST to the admin listener with optional extra headers. `Host` is the
+/// listener's real loopback authority, as curl and the CLI send it.
 pub async fn admin_post(admin: SocketAddr, path: &str, body: &str, extra: &[(&str, &str)]) -> Resp {
+    let host = admin.to_string();
+    let mut headers = vec![
+        ("Host", host.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    admin_raw(admin, "POST", path, &headers, body).await
+}
+
+/// One plain-HTTP request to the admin listener with exactly `headers` (plus
+/// `Content-Length` and `Connection: close`): no `Host` or `Content-Type` unless given.
+pub async fn admin_raw(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
-    for (k, v) in extra {
+    for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
