@@ -29,6 +29,7 @@ use http::HeaderValue;
 use http::request::Parts;
 
 use crate::credential::oauth::{OauthError, OauthTokens};
+use crate::credential::reflect::Reflection;
 use crate::credential::scan::{Found, Place};
 use crate::net::host::Host;
 use crate::observe::metrics::Metrics;
@@ -56,7 +57,6 @@ impl Dest<'_> {
 pub const AUDIT_TARGET: &str = "egress_edge::audit";
 
 /// What injection needs, built once at startup.
-#[derive(Debug)]
 pub struct Injector {
     pub handles: Arc<HandleAuthority>,
     pub secrets: Option<SecretStore>,
@@ -67,6 +67,30 @@ pub struct Injector {
     /// keep-alive rates is most of a core; expiry and revocation are still checked on every
     /// request, and a miss (or any doubt) goes through the full verification.
     verified: moka::sync::Cache<String, Arc<egress_handle::Claims>>,
+    /// Matchers for the forms of each injected secret (by secret name and version, or by a
+    /// hash of an OAuth2 token), so a response echoing the secret is redacted.
+    reflections: moka::sync::Cache<String, Reflection>,
+}
+
+/// Never prints the caches: their keys are handles and their values hold secrets.
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector")
+            .field("secrets", &self.secrets.is_some())
+            .field("verified_handles", &self.verified.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a redeemed handle put on the request.
+#[derive(Debug, Default)]
+pub struct Injected {
+    /// A client presenting the credential's client certificate, instead of the default one.
+    pub client: Option<HttpClient>,
+    /// The forms of the injected secret to redact from the response.
+    pub reflection: Option<Reflection>,
+    /// The secret's name, for the redaction metric and audit event.
+    pub secret: Option<String>,
 }
 
 impl Injector {
@@ -85,7 +109,21 @@ impl Injector {
                 .max_capacity(16 * 1024)
                 .time_to_live(Duration::from_secs(300))
                 .build(),
+            reflections: moka::sync::Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         }
+    }
+
+    /// The redaction matcher for a secret value, built once per `key`.
+    fn reflection(&self, key: String, value: &[u8]) -> Option<Reflection> {
+        if let Some(r) = self.reflections.get(&key) {
+            return Some(r);
+        }
+        let r = Reflection::new(&[value]).ok()?;
+        self.reflections.insert(key, r.clone());
+        Some(r)
     }
 
     /// Full verification, or a cached signature check plus fresh expiry and revocation checks.
@@ -160,7 +198,7 @@ impl Injector {
         dest: &Dest<'_>,
         parts: &mut Parts,
         metrics: &Metrics,
-    ) -> Result<Option<HttpClient>, Refusal> {
+    ) -> Result<Injected, Refusal> {
         let shown = dest.host.to_string();
         let found = scan::request(parts);
         let credential = dest.rule.and_then(|r| r.credential.as_ref());
@@ -174,7 +212,7 @@ impl Injector {
                     NO_CREDENTIAL,
                 ));
             }
-            return Ok(None);
+            return Ok(Injected::default());
         };
         let secret_name = credential.secret_name();
         if parts.method == http::Method::TRACE {
@@ -225,7 +263,7 @@ impl Injector {
                     metrics.handle("handle_required");
                     return Err(dest.refusal(Kind::HandleRequired, "no handle in the request"));
                 }
-                return Ok(None);
+                return Ok(Injected::default());
             }
             [first, rest @ ..] if rest.iter().all(|f| f.token() == first.token()) => {
                 first.token().to_owned()
@@ -292,7 +330,7 @@ impl Injector {
         credential: &Credential,
         parts: &mut Parts,
         token: &str,
-    ) -> Result<Option<HttpClient>, Unavailable> {
+    ) -> Result<Injected, Unavailable> {
         let Some(store) = &self.secrets else {
             return Err(Unavailable::NoSource);
         };
@@ -318,7 +356,7 @@ impl Injector {
                     .map_err(|_| Unavailable::NotHeaderValue(name.to_owned()))?;
                 hv.set_sensitive(true);
                 parts.headers.insert(header.clone(), hv);
-                Ok(None)
+                Ok(self.injected(name, &versioned.version, value.expose()))
             }
             Credential::Swap { headers, query, .. } => {
                 let Secret::Generic {
@@ -345,7 +383,7 @@ impl Injector {
                 if swapped == 0 {
                     return Err(swap_err(swap::SwapError::NotFound));
                 }
-                Ok(None)
+                Ok(self.injected(name, &versioned.version, value.expose()))
             }
             Credential::Oauth2 { header, .. } => {
                 let token = self.oauth.token(dest, credential, &versioned).await?;
@@ -356,7 +394,13 @@ impl Injector {
                 .map_err(|_| Unavailable::Oauth(OauthError::UnusableToken))?;
                 hv.set_sensitive(true);
                 parts.headers.insert(header.clone(), hv);
-                Ok(None)
+                let token = token.expose();
+                let key = format!("oauth\u{0}{name}\u{0}{:x}", fingerprint(token));
+                Ok(Injected {
+                    client: None,
+                    reflection: self.reflection(key, token),
+                    secret: Some(name.to_owned()),
+                })
             }
             Credential::ClientCert { .. } => {
                 // The handle travelled in some header; it must not go upstream.
@@ -371,7 +415,10 @@ impl Injector {
                 }
                 let key = (name.to_owned(), versioned.version.clone());
                 if let Some(c) = self.mtls.get(&key) {
-                    return Ok(Some(c));
+                    return Ok(Injected {
+                        client: Some(c),
+                        ..Injected::default()
+                    });
                 }
                 let Secret::TlsCertificate { chain_pem, key_pem } = &*versioned.secret else {
                     return Err(Unavailable::WrongKind(name.to_owned(), "a tls_certificate"));
@@ -379,10 +426,30 @@ impl Injector {
                 let client = mtls::client(dest.snap, chain_pem, key_pem.expose())
                     .map_err(|e| Unavailable::ClientCert(name.to_owned(), e))?;
                 self.mtls.insert(key, client.clone());
-                Ok(Some(client))
+                Ok(Injected {
+                    client: Some(client),
+                    ..Injected::default()
+                })
             }
         }
     }
+
+    /// What a secret-carrying injection returns: the matcher for that secret's version.
+    fn injected(&self, name: &str, version: &str, value: &[u8]) -> Injected {
+        Injected {
+            client: None,
+            reflection: self.reflection(format!("{name}\u{0}{version}"), value),
+            secret: Some(name.to_owned()),
+        }
+    }
+}
+
+/// A cache key for a token that does not keep the token itself.
+fn fingerprint(token: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut h);
+    h.finish()
 }
 
 /// Why a verified handle's credential could not be put on the request: the cause of a

@@ -31,15 +31,8 @@
 //! pads its echo), nor at header names, the status line, or trailers. An occurrence that
 //! overlaps another is masked as one region and counted once. A purely numeric secret is also
 //! masked inside framing headers such as `Content-Length`. The matcher keeps the forms in
-//! memory for as long as a [`Reflection`] (or a clone) lives; they are not zeroised. Nothing
-//! here is wired into the request path; the caller builds a [`Reflection`] when it injects.
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "not wired into the request path yet; remove once it is"
-    )
-)]
+//! memory for as long as a [`Reflection`] (or a clone) lives; they are not zeroised. The
+//! injector builds a [`Reflection`] per secret version; the request relay applies it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -343,6 +336,7 @@ impl<B> RedactBody<B> {
     }
 
     /// Redactions so far.
+    #[cfg(test)]
     pub fn redactions(&self) -> u64 {
         self.redactions
     }

@@ -92,6 +92,12 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     pub admin_auth_failures: Family<CodeLabel, Counter>,
     pub handles: Family<ResultLabel, Counter>,
+    pub reflections: Family<SecretLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    pub secret: String,
 }
 
 impl Default for Metrics {
@@ -113,6 +119,12 @@ impl Metrics {
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let admin_auth_failures = Family::<CodeLabel, Counter>::default();
         let handles = Family::<ResultLabel, Counter>::default();
+        let reflections = Family::<SecretLabel, Counter>::default();
+        registry.register(
+            "secret_reflections",
+            "Occurrences of an injected secret redacted from upstream responses, by secret name",
+            reflections.clone(),
+        );
         registry.register(
             "handle_redemptions",
             "Handle redemption attempts by result (redeemed or a refusal code)",
@@ -175,6 +187,7 @@ impl Metrics {
             config_reloads,
             admin_auth_failures,
             handles,
+            reflections,
         }
     }
 
@@ -254,6 +267,15 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.to_owned(),
             })
             .inc();
+    }
+
+    /// `n` occurrences of secret `name` were redacted from a response (names come from config).
+    pub fn secret_reflected(&self, name: &str, n: u64) {
+        self.reflections
+            .get_or_create(&SecretLabel {
+                secret: name.to_owned(),
+            })
+            .inc_by(n);
     }
 
     pub fn add_bytes(&self, up: u64, down: u64) {

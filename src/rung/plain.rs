@@ -73,5 +73,5 @@ pub async fn relay(mut ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Respo
     }
     parts.version = http::Version::HTTP_11;
     let client = ctx.snap.plain.clone();
-    super::relay(ctx, &client, Request::from_parts(parts, body)).await
+    super::relay(ctx, &client, Request::from_parts(parts, body), None).await
 }

@@ -2,7 +2,8 @@
 //! metering both bodies; the request's access event is emitted when the response body ends.
 //!
 //! Shared by the plain-HTTP relay and bumped requests. Sending and header hygiene are
-//! `upstream::relay`'s; this stage adds the unit's accounting.
+//! `upstream::relay`'s; this stage adds the unit's accounting and, for requests that carried
+//! an injected secret, keeps that secret out of what comes back (`credential::reflect`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,15 +15,31 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::context::ReqCtx;
+use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflection};
 use crate::observe::access_log::Outcome;
 use crate::refusal;
+use crate::state::Shared;
 use crate::upstream::client::HttpClient;
 use crate::upstream::connector::DialedAddr;
 use crate::upstream::metered::Counted;
 use crate::upstream::relay::send;
 
-/// Sends `req` through `client` and relays the response; refusals go through `ctx`.
-pub async fn relay(mut ctx: ReqCtx, client: &HttpClient, req: Request<Incoming>) -> Response<Body> {
+/// The injected secret to keep out of the response: its matcher and its name.
+#[derive(Debug)]
+pub struct Reflect {
+    pub reflection: Reflection,
+    pub secret: String,
+}
+
+/// Sends `req` through `client` and relays the response; refusals go through `ctx`. With
+/// `reflect`, the secret (and its encodings) is redacted from the response headers and the
+/// first bytes of the body, each redaction counted and audited.
+pub async fn relay(
+    mut ctx: ReqCtx,
+    client: &HttpClient,
+    req: Request<Incoming>,
+    reflect: Option<Reflect>,
+) -> Response<Body> {
     let up = Arc::new(AtomicU64::new(0));
     let (parts, body) = req.into_parts();
     let body = Counted::new(body, up.clone()).boxed();
@@ -40,11 +57,12 @@ pub async fn relay(mut ctx: ReqCtx, client: &HttpClient, req: Request<Incoming>)
         .metrics
         .request_latency(rung, sent.elapsed().as_secs_f64());
     let ttfb = ctx.access.start().elapsed();
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     ctx.ev().status = Some(parts.status.as_u16());
     ctx.ev().ttfb = Some(ttfb);
     ctx.ev().resolved = parts.extensions.get::<DialedAddr>().map(|d| d.0);
     let down = Arc::new(AtomicU64::new(0));
+    let host = ctx.host().to_owned();
     let mut access = ctx.access;
     let counted = down.clone();
     let body = Counted::new(body, down).on_end(move || {
@@ -52,5 +70,29 @@ pub async fn relay(mut ctx: ReqCtx, client: &HttpClient, req: Request<Incoming>)
         access.ev.bytes_down = counted.load(Ordering::Relaxed);
         access.finish(Outcome::Ok);
     });
+    let Some(Reflect { reflection, secret }) = reflect else {
+        return Response::from_parts(parts, body.boxed());
+    };
+    let shared = ctx.conn.shared.clone();
+    let in_headers = reflection.redact_headers(&mut parts.headers);
+    reflected(&shared, &secret, &host, in_headers as u64);
+    let body = RedactBody::new(body, reflection, DEFAULT_LIMIT)
+        .on_redacted(move |n| reflected(&shared, &secret, &host, n));
     Response::from_parts(parts, body.boxed())
+}
+
+/// Counts and audits `n` redactions of `secret` from a response of `host`.
+fn reflected(shared: &Shared, secret: &str, host: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    shared.metrics.secret_reflected(secret, n);
+    tracing::warn!(
+        target: crate::credential::AUDIT_TARGET,
+        credential = secret,
+        destination = host,
+        redactions = n,
+        outcome = "secret_reflected",
+        "the upstream echoed an injected secret; redacted before it reached the guest"
+    );
 }

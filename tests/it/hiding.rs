@@ -245,32 +245,39 @@ async fn handle_is_swapped_in_place_in_any_listed_header_basic_or_query() {
         .proxy
         .mint(r#"{"credentials":["openai-key"],"ttl":"5m"}"#)
         .await;
-    let v = body_json(
-        &env.get("swap.test", "/headers", &[&format!("x-api-key: {h}")])
-            .await,
+    // What the upstream received; its echo of the secret is redacted on the way back.
+    let out = env
+        .get("swap.test", "/headers", &[&format!("x-api-key: {h}")])
+        .await;
+    assert_eq!(env.upstream_header("x-api-key"), "sk-live-SECRET1");
+    assert_eq!(
+        body_json(&out)["x-api-key"],
+        "***************",
+        "echo redacted"
     );
-    assert_eq!(v["x-api-key"], "sk-live-SECRET1", "{v}");
-    let v = body_json(
-        &env.get(
-            "swap.test",
-            "/headers",
-            &[&format!("Authorization: Bearer {h}")],
-        )
-        .await,
+    env.get(
+        "swap.test",
+        "/headers",
+        &[&format!("Authorization: Bearer {h}")],
+    )
+    .await;
+    assert_eq!(
+        env.upstream_header("authorization"),
+        "Bearer sk-live-SECRET1"
     );
-    assert_eq!(v["authorization"], "Bearer sk-live-SECRET1", "{v}");
     // git and pip send `Basic base64(user:password)`: the handle as the password.
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{h}"));
-    let v = body_json(
-        &env.get(
-            "swap.test",
-            "/headers",
-            &[&format!("Authorization: Basic {basic}")],
-        )
-        .await,
-    );
+    env.get(
+        "swap.test",
+        "/headers",
+        &[&format!("Authorization: Basic {basic}")],
+    )
+    .await;
     let want = base64::engine::general_purpose::STANDARD.encode("x-access-token:sk-live-SECRET1");
-    assert_eq!(v["authorization"], format!("Basic {want}"), "{v}");
+    assert_eq!(
+        env.upstream_header("authorization"),
+        format!("Basic {want}")
+    );
     // A handle in a header the binding does not list is an exfiltration attempt.
     let out = env
         .get("swap.test", "/headers", &[&format!("x-other: {h}")])
@@ -281,11 +288,9 @@ async fn handle_is_swapped_in_place_in_any_listed_header_basic_or_query() {
         "{out}"
     );
     // The query-parameter binding.
-    let v = body_json(
-        &env.get("query.test", &format!("/headers?alt=json&key={h}"), &[])
-            .await,
-    );
-    assert_eq!(v[":query"], "alt=json&key=sk-live-SECRET1", "{v}");
+    env.get("query.test", &format!("/headers?alt=json&key={h}"), &[])
+        .await;
+    assert_eq!(env.upstream_path(), "/headers?alt=json&key=sk-live-SECRET1");
     let out = env
         .get("query.test", &format!("/headers?other={h}"), &[])
         .await;
@@ -310,4 +315,42 @@ async fn trace_is_refused_at_credential_destinations() {
     .await;
     assert_eq!((status, code.as_deref()), (403, Some("destination_denied")));
     assert!(env.seen.requests.lock().unwrap().is_empty());
+}
+
+/// An upstream that echoes the request (headers, body) never hands the injected secret back
+/// to the guest, in plain, base64 or URL-encoded form; each redaction is counted and audited.
+#[tokio::test]
+async fn a_reflected_secret_never_comes_back_to_the_guest() {
+    let logs = crate::inject::capture_logs();
+    let env = env().await;
+    let h = env
+        .proxy
+        .mint(r#"{"credentials":["openai-key"],"ttl":"5m"}"#)
+        .await;
+    for path in ["/headers", "/reflect"] {
+        let out = env
+            .get("api.test", path, &[&format!("Authorization: Bearer {h}")])
+            .await;
+        assert!(out.contains(" 200"), "{path}: {out}");
+        assert_eq!(
+            env.upstream_header("authorization"),
+            "Bearer sk-live-SECRET1"
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode("sk-live-SECRET1");
+        for form in [
+            "sk-live-SECRET1",
+            b64.as_str(),
+            "sk-live-SECRET1".replace('-', "%2D").as_str(),
+        ] {
+            assert!(!out.contains(form), "{path}: `{form}` came back: {out}");
+        }
+    }
+    let m = env
+        .proxy
+        .wait_metric("egress_edge_secret_reflections_total{secret=\"openai-key\"}")
+        .await;
+    assert!(!m.contains("sk-live"), "{m}");
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(text.contains("secret_reflected"), "no audit event");
+    leak_scan(&env.proxy, &["sk-live-SECRET1", &h], &[]).await;
 }

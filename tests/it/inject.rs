@@ -153,6 +153,37 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Header `name` of the last request the upstream received: what the destination saw,
+    /// not its echo (the proxy redacts an echoed secret before the guest sees it).
+    pub(crate) fn upstream_header(&self, name: &str) -> String {
+        let seen = self.seen.requests.lock().unwrap();
+        let (_, headers) = seen.last().expect("the upstream saw no request");
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Every value of header `name` the upstream received, oldest first.
+    pub(crate) fn upstream_headers(&self, name: &str) -> Vec<String> {
+        self.seen
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, h)| h.get(name))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    /// The path and query of the last request the upstream received.
+    pub(crate) fn upstream_path(&self) -> String {
+        let seen = self.seen.requests.lock().unwrap();
+        seen.last().map(|(p, _)| p.clone()).unwrap_or_default()
+    }
+}
+
 pub(crate) fn error_code(out: &str) -> Option<String> {
     out.lines()
         .find_map(|l| l.strip_prefix("x-egress-edge-error: "))
@@ -174,8 +205,11 @@ async fn handle_is_swapped_for_the_secret_and_rotation_applies() {
     assert!(handle.starts_with("eeh_"));
     let auth = format!("Authorization: Bearer {handle}");
     let out = env.get("api.test", "/headers", &[&auth]).await;
-    let v = body_json(&out);
-    assert_eq!(v["authorization"], "Bearer sk-live-SECRET1", "{out}");
+    assert_eq!(
+        env.upstream_header("authorization"),
+        "Bearer sk-live-SECRET1",
+        "{out}"
+    );
     env.upstream_saw_no_handle();
     // Rotate the secret in the file: the next request carries the new value.
     std::fs::write(
@@ -185,12 +219,10 @@ async fn handle_is_swapped_for_the_secret_and_rotation_applies() {
     .unwrap();
     let mut rotated = false;
     for _ in 0..40 {
-        let v = body_json(&env.get("api.test", "/headers", &[&auth]).await);
-        assert!(
-            v["authorization"] == "Bearer sk-live-SECRET1"
-                || v["authorization"] == "Bearer sk-live-SECRET2"
-        );
-        if v["authorization"] == "Bearer sk-live-SECRET2" {
+        env.get("api.test", "/headers", &[&auth]).await;
+        let seen = env.upstream_header("authorization");
+        assert!(seen == "Bearer sk-live-SECRET1" || seen == "Bearer sk-live-SECRET2");
+        if seen == "Bearer sk-live-SECRET2" {
             rotated = true;
             break;
         }
@@ -328,6 +360,10 @@ async fn every_refusal_of_the_handle_table() {
         )
         .await;
     assert_eq!(body_json(&out)["authorization"], "Bearer user-own-token");
+    assert_eq!(
+        env.upstream_header("authorization"),
+        "Bearer user-own-token"
+    );
     // Credential not delivered: 503 after the wait, not forwarded.
     let h = env
         .proxy
@@ -405,9 +441,12 @@ async fn oauth2_token_is_exchanged_once_for_concurrent_requests() {
     }
     for t in tasks {
         let out = t.await.unwrap();
-        assert_eq!(body_json(&out)["authorization"], "Bearer tok-1", "{out}");
+        assert!(out.contains(" 200"), "{out}");
     }
     assert_eq!(env.seen.tokens.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let bearers = env.upstream_headers("authorization");
+    assert_eq!(bearers.len(), 6, "{bearers:?}");
+    assert!(bearers.iter().all(|b| b == "Bearer tok-1"), "{bearers:?}");
     env.upstream_saw_no_handle();
     leak_scan(&env.proxy, &["cs-SECRET", "tok-1", &handle], &[]).await;
 }
@@ -426,7 +465,11 @@ async fn revocation_survives_a_restart() {
             &[&format!("Authorization: Bearer {handle}")],
         )
         .await;
-    assert_eq!(body_json(&out)["authorization"], "Bearer sk-live-SECRET1");
+    assert!(out.contains(" 200"), "{out}");
+    assert_eq!(
+        env.upstream_header("authorization"),
+        "Bearer sk-live-SECRET1"
+    );
     let id = {
         let (s, b) = env
             .proxy
@@ -478,7 +521,11 @@ async fn revocation_survives_a_restart() {
             &[&format!("Authorization: Bearer {handle}")],
         )
         .await;
-    assert_eq!(body_json(&out)["authorization"], "Bearer sk-live-SECRET1");
+    assert!(out.contains(" 200"), "{out}");
+    assert_eq!(
+        env.upstream_header("authorization"),
+        "Bearer sk-live-SECRET1"
+    );
 }
 
 /// Credentials from our own `sds serve` over gRPC: delivery, rotation without restart, and
@@ -488,7 +535,7 @@ async fn credentials_over_sds_rotate_and_survive_a_server_restart() {
     capture_logs();
     let pki = Pki::new("upstream test CA");
     let leaf = pki.leaf(&["api.test"]);
-    let (up, _seen) = start_upstream(Some(server_config(&leaf, &[b"h2", b"http/1.1"]))).await;
+    let (up, seen) = start_upstream(Some(server_config(&leaf, &[b"h2", b"http/1.1"]))).await;
     let dir = tempfile::tempdir().unwrap();
     let secrets = write(
         dir.path(),
@@ -517,7 +564,7 @@ destinations:
     let proxy = Proxy::start(&yaml).await;
     let env = Env {
         up,
-        seen: Arc::new(Seen::default()),
+        seen,
         proxy,
         secrets: secrets.clone(),
         _dir: dir,
@@ -527,12 +574,8 @@ destinations:
         .mint(r#"{"credentials":["openai-key"],"ttl":"5m"}"#)
         .await;
     let auth = format!("Authorization: Bearer {handle}");
-    let value = |out: String| {
-        body_json(&out)["authorization"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    };
+    // What the upstream received (its echo of the secret is redacted on the way back).
+    let value = |_out: String| env.upstream_header("authorization");
     assert_eq!(
         value(env.get("api.test", "/headers", &[&auth]).await),
         "Bearer sk-sds-ONE"

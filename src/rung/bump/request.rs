@@ -15,11 +15,13 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, full};
 use crate::context::{Access, ConnCtx, ReqCtx, new_request_id};
+use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflection};
 use crate::credential::{Dest, Injector};
 use crate::net::host::Host;
 use crate::observe::access_log::{AccessEvent, Outcome, Unit, loggable_path};
 use crate::policy::{Decision, OtherRule, Rung};
 use crate::refusal::{self, Kind};
+use crate::rung::Reflect;
 use crate::rung::plain::authority;
 use crate::state::Snapshot;
 use crate::upstream::hop;
@@ -85,7 +87,7 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
         rule: s.decision.rule.and_then(|i| s.snap.config.policy.rule(i)),
         rule_id: &s.decision.rule_id,
     };
-    let client = match s
+    let injected = match s
         .injector
         .apply(&dest, &mut parts, &ctx.shared().metrics)
         .await
@@ -95,6 +97,10 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     };
     hop::strip(&mut parts.headers, true);
     ctx.bind_request_id(&mut parts.headers);
+    if injected.reflection.is_some() {
+        // A compressed echo of the request could not be scanned for the secret.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
     let authority = authority(&host, s.port, 443);
     let pq = parts
         .uri
@@ -121,12 +127,26 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, token);
         let body = http_body_util::BodyExt::boxed(body);
-        return Ok(upgrade_relay(&s, ctx, Request::from_parts(parts, body), guest_upgrade).await);
+        return Ok(upgrade_relay(
+            &s,
+            ctx,
+            Request::from_parts(parts, body),
+            guest_upgrade,
+            injected.reflection,
+        )
+        .await);
     }
-    let Some(client) = client.or_else(|| s.snap.tls.clone()) else {
+    let reflect = match (injected.reflection, injected.secret) {
+        (Some(r), Some(name)) => Some(Reflect {
+            reflection: r,
+            secret: name,
+        }),
+        _ => None,
+    };
+    let Some(client) = injected.client.or_else(|| s.snap.tls.clone()) else {
         return Ok(ctx.deny(Kind::UpstreamTls, "no upstream TLS client configured"));
     };
-    Ok(crate::rung::relay(ctx, &client, Request::from_parts(parts, body)).await)
+    Ok(crate::rung::relay(ctx, &client, Request::from_parts(parts, body), reflect).await)
 }
 
 /// The request's own host (`:authority` for HTTP/2, `Host` for HTTP/1.1), which must be
@@ -167,6 +187,7 @@ async fn upgrade_relay(
     mut ctx: ReqCtx,
     req: Request<Body>,
     guest_upgrade: hyper::upgrade::OnUpgrade,
+    reflection: Option<Reflection>,
 ) -> Response<Body> {
     let Some(client) = s.snap.tls_h1.clone() else {
         return ctx.deny(Kind::UpstreamTls, "no upstream TLS client");
@@ -183,13 +204,22 @@ async fn upgrade_relay(
         }
     };
     ctx.ev().status = Some(resp.status().as_u16());
+    if let Some(r) = &reflection {
+        r.redact_headers(resp.headers_mut());
+    }
     let mut access = ctx.access;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream declined the upgrade: relay its answer as an ordinary response.
         let (mut parts, body) = resp.into_parts();
         hop::strip(&mut parts.headers, false);
         access.finish(Outcome::Ok);
-        return Response::from_parts(parts, http_body_util::BodyExt::boxed(body));
+        return match reflection {
+            Some(r) => Response::from_parts(
+                parts,
+                http_body_util::BodyExt::boxed(RedactBody::new(body, r, DEFAULT_LIMIT)),
+            ),
+            None => Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
+        };
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let stops = s.stops.clone();

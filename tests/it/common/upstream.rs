@@ -101,6 +101,43 @@ async fn upstream_handler(
                 .insert("content-type", "text/event-stream".parse().unwrap());
             r
         }
+        // A hostile echo: the bearer token back in a header and in the body, raw (split across
+        // frames), base64 and percent-encoded.
+        "/reflect" => {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let secret = auth.strip_prefix("Bearer ").unwrap_or(&auth).to_owned();
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &secret);
+            let pct: String = secret
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let mid = secret.len() / 2;
+            let frames = vec![
+                format!("you sent: {}", &secret[..mid]),
+                format!("{} | base64: {b64} | url: {pct}", &secret[mid..]),
+            ];
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                for f in frames {
+                    let _ = tx.send(Ok(Frame::data(Bytes::from(f)))).await;
+                }
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
+            r.headers_mut()
+                .insert("x-echo", http::HeaderValue::from_str(&auth).unwrap());
+            r
+        }
         "/trailers" => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             tokio::spawn(async move {
