@@ -16,3 +16,4 @@ mod kill_switch;
 mod layering;
 mod metrics;
 mod reload;
+mod sdk;

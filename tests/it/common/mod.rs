@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod clients;
+pub mod fake_api;
 pub mod harness;
 pub mod openmetrics;
 pub mod pki;
@@ -9,6 +10,7 @@ pub mod upstream;
 
 pub use admin::*;
 pub use clients::*;
+pub use fake_api::*;
 pub use harness::*;
 pub use openmetrics::*;
 pub use pki::*;

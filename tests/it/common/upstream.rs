@@ -1,6 +1,7 @@
 //! The fake upstream: a real HTTP/1 + HTTP/2 server on loopback (TLS or plain) with fixed
-//! routes (`/small`, `/token`, `/headers`, `/sse`, `/trailers`, `/ws`) that records what it
-//! saw, and a connector that records dial attempts and never connects.
+//! routes (`/small`, `/token`, `/headers`, `/sse`, `/trailers`, `/ws`, and the fake LLM API's
+//! `/v1/chat/completions` and `/v1/messages`, see [`super::fake_api`]) that records what it saw,
+//! and a connector that records dial attempts and never connects.
 
 use std::convert::Infallible;
 use std::io;
@@ -29,7 +30,7 @@ pub struct Seen {
     pub connections: AtomicUsize,
 }
 
-fn full(s: impl Into<Bytes>) -> TBody {
+pub(crate) fn full(s: impl Into<Bytes>) -> TBody {
     Full::new(s.into()).map_err(|n| match n {}).boxed()
 }
 
@@ -45,6 +46,19 @@ async fn upstream_handler(
         req.headers().clone(),
     ));
     let path = req.uri().path().to_owned();
+    if super::fake_api::is_bad_gateway(&path) {
+        return Ok(super::fake_api::bad_gateway());
+    }
+    if let Some(api) = super::fake_api::Api::route(&path) {
+        let headers = req.headers().clone();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        return Ok(super::fake_api::respond(api, &headers, &body));
+    }
     let resp = match path.as_str() {
         "/small" => Response::new(full("hello")),
         "/token" => {
@@ -192,7 +206,7 @@ async fn upstream_handler(
     Ok(resp)
 }
 
-fn tokio_stream_from(
+pub(crate) fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
 ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
