@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use egress_handle::{HandleAuthority, HandleError};
-use egress_sds::{Secret, SecretStore};
+use egress_sds::{Secret, SecretBytes, SecretStore};
 use http::HeaderValue;
 use http::request::Parts;
 
@@ -341,15 +341,7 @@ impl Injector {
             .map_err(|_| Unavailable::NotDelivered(name.to_owned()))?;
         match credential {
             Credential::Header { header, format, .. } => {
-                let Secret::Generic {
-                    value: Some(value), ..
-                } = &*versioned.secret
-                else {
-                    return Err(Unavailable::WrongKind(
-                        name.to_owned(),
-                        "a single-value generic secret",
-                    ));
-                };
+                let value = single_value(name, &versioned.secret)?;
                 let filled = fill(format, value.expose())
                     .map_err(|()| Unavailable::NotText(name.to_owned()))?;
                 let mut hv = HeaderValue::from_bytes(filled.as_bytes())
@@ -359,15 +351,7 @@ impl Injector {
                 Ok(self.injected(name, &versioned.version, value.expose()))
             }
             Credential::Swap { headers, query, .. } => {
-                let Secret::Generic {
-                    value: Some(value), ..
-                } = &*versioned.secret
-                else {
-                    return Err(Unavailable::WrongKind(
-                        name.to_owned(),
-                        "a single-value generic secret",
-                    ));
-                };
+                let value = single_value(name, &versioned.secret)?;
                 let text = std::str::from_utf8(value.expose())
                     .map_err(|_| Unavailable::NotText(name.to_owned()))?;
                 let swap_err = |e| Unavailable::Swap(name.to_owned(), e);
@@ -441,6 +425,19 @@ impl Injector {
             reflection: self.reflection(format!("{name}\u{0}{version}"), value),
             secret: Some(name.to_owned()),
         }
+    }
+}
+
+/// The value of a single-value generic secret (header and swap credentials).
+fn single_value<'a>(name: &str, secret: &'a Secret) -> Result<&'a SecretBytes, Unavailable> {
+    match secret {
+        Secret::Generic {
+            value: Some(value), ..
+        } => Ok(value),
+        _ => Err(Unavailable::WrongKind(
+            name.to_owned(),
+            "a single-value generic secret",
+        )),
     }
 }
 

@@ -15,6 +15,7 @@ use http::{Request, header};
 use http_body_util::BodyExt;
 
 use crate::credential::Dest;
+use crate::credential::swap::percent_encode;
 use crate::policy::Credential;
 
 /// Why no access token could be had. Never carries the client secret or a token.
@@ -135,11 +136,11 @@ impl OauthTokens {
         let (id, secret) = (get("client_id")?, get("client_secret")?);
         let mut form = format!(
             "grant_type=client_credentials&client_id={}&client_secret={}",
-            urlenc(id),
-            urlenc(secret)
+            percent_encode(id),
+            percent_encode(secret)
         );
         if !scopes.is_empty() {
-            form.push_str(&format!("&scope={}", urlenc(&scopes.join(" "))));
+            form.push_str(&format!("&scope={}", percent_encode(&scopes.join(" "))));
         }
         let client_http = if token_url.starts_with("https://") {
             dest.snap.tls.clone()
@@ -184,14 +185,3 @@ impl OauthTokens {
     }
 }
 
-fn urlenc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
