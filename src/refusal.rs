@@ -47,6 +47,8 @@ pub enum Kind {
     UpstreamTimeout,
     KillSwitch,
     BadRequest,
+    /// The request's header section is larger than `proxy.max_header_bytes`.
+    HeadersTooLarge,
     Overloaded,
 }
 
@@ -68,6 +70,7 @@ impl Kind {
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::KillSwitch => "kill_switch",
             Kind::BadRequest => "bad_request",
+            Kind::HeadersTooLarge => "headers_too_large",
             Kind::Overloaded => "proxy_overloaded",
         }
     }
@@ -88,6 +91,7 @@ impl Kind {
             Kind::UpstreamTls | Kind::UpstreamConnect => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -123,7 +127,10 @@ impl Kind {
                 "all egress from this sandbox is disabled by the operator; do not retry"
             }
             Kind::BadRequest => {
-                "send an HTTP CONNECT or an absolute-form http:// request to this proxy"
+                "the proxy cannot relay this request as sent and retrying it unchanged will not help (detail says why); a client configured with this proxy sends CONNECT for https and absolute-form http:// requests"
+            }
+            Kind::HeadersTooLarge => {
+                "the request's headers are larger than this proxy accepts; retrying the same request will not help: send fewer or smaller headers (cookies, tokens), or ask the operator to raise proxy.max_header_bytes"
             }
             Kind::Overloaded => "the proxy is at its connection limit; retry with backoff",
         }
@@ -203,7 +210,10 @@ impl Refusal {
             Kind::KillSwitch => format!(
                 "egress is disabled by the operator's kill switch; {dest} was not contacted"
             ),
-            Kind::BadRequest => format!("not a proxy request: {cause}"),
+            Kind::BadRequest => format!("the request cannot be relayed: {cause}"),
+            Kind::HeadersTooLarge => {
+                format!("the request to {dest} was not forwarded: {cause}")
+            }
             Kind::Overloaded => "the proxy is at its connection limit".to_owned(),
         }
     }
@@ -256,7 +266,7 @@ impl Kind {
             Kind::UpstreamTls => "tls_certificate_error",
             Kind::UpstreamConnect => "destination_unavailable",
             Kind::UpstreamTimeout => "connection_timeout",
-            Kind::BadRequest => "http_request_error",
+            Kind::BadRequest | Kind::HeadersTooLarge => "http_request_error",
             Kind::Overloaded => "connection_limit_reached",
         }
     }
@@ -377,6 +387,9 @@ pub fn from_connect(e: &ConnectError, host: &str, port: u16, rule: &str) -> Refu
         ConnectError::BadUri(m) => {
             Refusal::new(Kind::BadRequest, host, port, rule).with_cause(m.clone())
         }
+        ConnectError::HostBusy { .. } => {
+            Refusal::new(Kind::UpstreamTimeout, host, port, rule).with_cause(e.to_string())
+        }
     }
 }
 
@@ -476,5 +489,7 @@ mod tests {
             Kind::CredentialUnavailable.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        assert_eq!(Kind::HeadersTooLarge.status().as_u16(), 431);
+        assert_eq!(Kind::HeadersTooLarge.code(), "headers_too_large");
     }
 }

@@ -28,6 +28,16 @@ pub const LEAF_TTL_MIN: Duration = Duration::from_secs(3600);
 pub const LEAF_TTL_MAX: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Open connections (pooled, busy or being set up) one upstream client keeps to one host and
+/// port; requests beyond them wait for a connection to come free.
+pub const MAX_CONNECTIONS_PER_HOST: usize = 32;
+/// Idle connections one upstream client keeps pooled per host and port.
+pub const MAX_IDLE_PER_HOST: usize = 32;
+/// How long the rest of an upload the upstream answered early is read and discarded before
+/// the guest's HTTP/2 stream is reset (or its HTTP/1.1 connection closed).
+pub const EARLY_RESPONSE_DRAIN: Duration = Duration::from_secs(1);
+/// Concurrent HTTP/2 streams a guest may open on one bump session.
+pub const BUMP_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// How long a request waits for a secret from a watched file.
 pub const FILE_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request waits for a secret from an SDS stream.

@@ -171,7 +171,18 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
             defaults::RESPONSE_HEADER_TIMEOUT,
         ),
         pool_idle_timeout: dur(raw.upstream.pool_idle_timeout, defaults::POOL_IDLE_TIMEOUT),
+        max_connections_per_host: raw
+            .upstream
+            .max_connections_per_host
+            .unwrap_or(defaults::MAX_CONNECTIONS_PER_HOST),
+        max_idle_per_host: raw
+            .upstream
+            .max_idle_per_host
+            .unwrap_or(defaults::MAX_IDLE_PER_HOST),
     };
+    if upstream.max_connections_per_host == 0 {
+        return err("upstream.max_connections_per_host", "must be at least 1");
+    }
     let network = network_from(raw.network)?;
     let secrets = match raw.secrets {
         None => None,
@@ -526,6 +537,18 @@ mod tests {
     fn empty_file_is_all_defaults_and_denies() {
         let c = parse("").unwrap();
         assert_eq!(c.default_rung, Rung::Deny);
+        assert_eq!(
+            c.upstream.max_connections_per_host,
+            defaults::MAX_CONNECTIONS_PER_HOST
+        );
+        assert_eq!(c.upstream.max_idle_per_host, defaults::MAX_IDLE_PER_HOST);
+    }
+
+    #[test]
+    fn upstream_pool_limits_are_read() {
+        let c = parse("upstream: { max_connections_per_host: 4, max_idle_per_host: 0 }\n").unwrap();
+        assert_eq!(c.upstream.max_connections_per_host, 4);
+        assert_eq!(c.upstream.max_idle_per_host, 0);
     }
 
     #[test]
@@ -558,6 +581,13 @@ mod tests {
                 "proxy.idle_timeout",
                 Some(2),
                 "not a duration",
+            ),
+            (
+                "no upstream connections",
+                "upstream:\n  max_connections_per_host: 0\n",
+                "upstream.max_connections_per_host",
+                Some(2),
+                "at least 1",
             ),
             (
                 "bad cidr",

@@ -119,6 +119,10 @@ pub struct UpstreamConfig {
     pub response_header_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub pool_idle_timeout: Duration,
+    /// Open connections per upstream host and port, per pooled client.
+    pub max_connections_per_host: usize,
+    /// Idle pooled connections per upstream host and port, per pooled client.
+    pub max_idle_per_host: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

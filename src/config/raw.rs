@@ -113,6 +113,8 @@ pub struct RawUpstream {
     pub extra_roots_sds: Vec<String>,
     pub response_header_timeout: Option<Dur>,
     pub pool_idle_timeout: Option<Dur>,
+    pub max_connections_per_host: Option<usize>,
+    pub max_idle_per_host: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,9 +1,10 @@
 //! The explicit forward-proxy frontend: CONNECT and absolute-form HTTP requests.
 //!
-//! Each request becomes a [`Target`] (the destination as the guest named it), goes through
-//! admission, and is handed to the ladder (CONNECT) or the plain relay (absolute-form). This
-//! module parses what the guest asked for; it does not accept connections (`listener`), decide
-//! policy or dial.
+//! Each request's header section is measured against `proxy.max_header_bytes` (refused with
+//! `headers_too_large` when over), then it becomes a [`Target`] (the destination as the guest
+//! named it), goes through admission, and is handed to the ladder (CONNECT) or the plain relay
+//! (absolute-form). This module parses what the guest asked for; it does not accept
+//! connections (`listener`), decide policy or dial.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::body::Body;
 use crate::context::{ConnCtx, ReqCtx, Target, Via};
 use crate::observe::access_log::Unit;
 use crate::refusal::Kind;
-use crate::rung::{self, Ladder};
+use crate::rung::{self, Ladder, head};
 
 /// Serves one request of a guest connection.
 pub async fn handle(
@@ -48,6 +49,10 @@ async fn connect(
         Ok(None) => return ctx.deny(Kind::BadRequest, "CONNECT needs an explicit port"),
         Err(cause) => return ctx.deny(Kind::BadRequest, cause),
     };
+    ctx.port = port;
+    if let Err(cause) = head::check(&req, ctx.snap.config.proxy.max_header_bytes) {
+        return ctx.deny(Kind::HeadersTooLarge, cause);
+    }
     let target = Target {
         via: Via::Connect,
         host: authority.host().to_owned(),
@@ -81,6 +86,10 @@ async fn absolute(req: Request<Incoming>, conn: Arc<ConnCtx>, start: Instant) ->
         Ok(p) => p.unwrap_or(80),
         Err(cause) => return ctx.deny(Kind::BadRequest, cause),
     };
+    ctx.port = port;
+    if let Err(cause) = head::check(&req, ctx.snap.config.proxy.max_header_bytes) {
+        return ctx.deny(Kind::HeadersTooLarge, cause);
+    }
     let target = Target {
         via: Via::Absolute,
         host: authority.host().to_owned(),

@@ -1,7 +1,8 @@
 //! Accepting guest connections and serving HTTP/1.1 proxy requests on them.
 //!
 //! Enforces the connection limit (refusing the excess with a `proxy_overloaded` body rather
-//! than leaving it in the backlog), the header size limit and the header read timeout, and
+//! than leaving it in the backlog) and the header read timeout, bounds hyper's header buffer
+//! at `max_header_bytes` (the exact header-section count is `forward_proxy`'s), and
 //! drains on shutdown: stop accepting, let in-flight requests finish, close idle keep-alive
 //! connections. Tunnels and bump sessions spawned from a connection are tracked by the same
 //! task tracker and end at hard stop. It makes no policy decisions.

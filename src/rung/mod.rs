@@ -3,10 +3,13 @@
 //! request re-originated) or a plain-HTTP relay.
 //!
 //! A frontend calls [`admit`] and then [`Ladder::tunnel`] (CONNECT) or [`plain::relay`]
-//! (absolute-form). Rungs do not parse guest requests (frontends do), do not decide policy
-//! (the policy does, once, in `admit`) and dial only through the snapshot's dialer.
+//! (absolute-form). [`head`] measures a request's header section against
+//! `proxy.max_header_bytes` the same way for frontends and bumped requests. Rungs do not
+//! parse guest requests (frontends do), do not decide policy (the policy does, once, in
+//! `admit`) and dial only through the snapshot's dialer.
 
 pub mod bump;
+pub mod head;
 pub mod passthrough;
 pub mod plain;
 mod relay;

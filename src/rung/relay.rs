@@ -2,8 +2,15 @@
 //! metering both bodies; the request's access event is emitted when the response body ends.
 //!
 //! Shared by the plain-HTTP relay and bumped requests. Sending and header hygiene are
-//! `upstream::relay`'s; this stage adds the unit's accounting and, for requests that carried
-//! an injected secret, keeps that secret out of what comes back (`credential::reflect`).
+//! `upstream::relay`'s; this stage adds the unit's accounting; for requests that carried an
+//! injected secret it keeps that secret out of what comes back (`credential::reflect`); and it
+//! takes the guest's request
+//! body back from the upstream client once the response has ended ([`crate::upstream::cut`]):
+//! the rest of an upload the upstream answered early is drained for `EARLY_RESPONSE_DRAIN`,
+//! then dropped (an HTTP/2 stream is reset with `NO_ERROR`, an HTTP/1.1 connection closed),
+//! instead of stalling behind an upstream that does not read it. The grace, rather than an
+//! immediate drop, lets a client that stops uploading by itself once it has an error response
+//! (curl does) finish cleanly and show that response.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +20,8 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, boxed};
+use crate::config::defaults;
 use crate::context::ReqCtx;
 use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflection};
 use crate::observe::access_log::Outcome;
@@ -21,6 +29,7 @@ use crate::refusal;
 use crate::state::Shared;
 use crate::upstream::client::HttpClient;
 use crate::upstream::connector::DialedAddr;
+use crate::upstream::cut::{cuttable, drain};
 use crate::upstream::metered::Counted;
 use crate::upstream::relay::send;
 
@@ -42,7 +51,9 @@ pub async fn relay(
 ) -> Response<Body> {
     let up = Arc::new(AtomicU64::new(0));
     let (parts, body) = req.into_parts();
-    let body = Counted::new(body, up.clone()).boxed();
+    let (body, cutter) = cuttable(Counted::new(body, up.clone()));
+    let tasks = ctx.shared().tasks.clone();
+    let body = body.boxed();
     let sent = Instant::now();
     let timeout = ctx.snap.config.upstream.response_header_timeout;
     let resp = match send(client, Request::from_parts(parts, body), timeout).await {
@@ -66,19 +77,23 @@ pub async fn relay(
     let mut access = ctx.access;
     let counted = down.clone();
     let body = Counted::new(body, down).on_end(move || {
+        // The response is over: whatever the guest has not uploaded yet is not needed.
+        if let Some(rest) = cutter.cut() {
+            tasks.spawn(drain(rest, defaults::EARLY_RESPONSE_DRAIN));
+        }
         access.ev.bytes_up = up.load(Ordering::Relaxed);
         access.ev.bytes_down = counted.load(Ordering::Relaxed);
         access.finish(Outcome::Ok);
     });
     let Some(Reflect { reflection, secret }) = reflect else {
-        return Response::from_parts(parts, body.boxed());
+        return Response::from_parts(parts, boxed(body));
     };
     let shared = ctx.conn.shared.clone();
     let in_headers = reflection.redact_headers(&mut parts.headers);
     reflected(&shared, &secret, &host, in_headers as u64);
     let body = RedactBody::new(body, reflection, DEFAULT_LIMIT)
         .on_redacted(move |n| reflected(&shared, &secret, &host, n));
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, boxed(body))
 }
 
 /// Counts and audits `n` redactions of `secret` from a response of `host`.

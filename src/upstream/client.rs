@@ -12,10 +12,17 @@ use crate::upstream::connector::UpstreamConnector;
 /// A pooled client whose every new connection goes through the dialer.
 pub type HttpClient = hyper_util::client::legacy::Client<UpstreamConnector, Body>;
 
-/// A pooled client over `connector` with the config's timeouts.
+/// A pooled client over `connector` with the config's timeouts and pool limits: at most
+/// `upstream.max_connections_per_host` connections per host and port (enforced by the
+/// connector, so requests beyond it wait for a pooled connection instead of opening more),
+/// of which at most `upstream.max_idle_per_host` are kept idle.
 pub fn http_client(config: &Config, connector: UpstreamConnector) -> HttpClient {
+    let up = &config.upstream;
+    let connector =
+        connector.with_host_limit(up.max_connections_per_host, up.response_header_timeout);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(config.upstream.pool_idle_timeout)
+        .pool_idle_timeout(up.pool_idle_timeout)
+        .pool_max_idle_per_host(up.max_idle_per_host)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
         // Streamed downloads over an HTTP/2 upstream are window-bound with the defaults; let

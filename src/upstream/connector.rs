@@ -1,16 +1,22 @@
-//! Pooled upstream HTTP clients: plain HTTP for absolute-form requests, verified TLS for
-//! re-originated bumped requests.
+//! The connector behind the pooled upstream clients: plain HTTP for absolute-form requests,
+//! verified TLS for re-originated bumped requests.
 //!
 //! The connector dials through the snapshot's [`Dialer`](crate::net::dial::Dialer) — so every new
 //! upstream connection is resolved, vetted and connected in that one place — and, for `https`,
 //! verifies the upstream certificate against the system roots plus `upstream.extra_roots`
-//! (there is no switch to skip verification). It does not decide policy and does not inject.
+//! (there is no switch to skip verification). Before dialing it takes one of the
+//! `upstream.max_connections_per_host` slots for the host and port ([`HostLimits`]); the slot
+//! lives inside the returned stream, so it is held exactly as long as the connection (busy or
+//! pooled) and freed when the pool or the upstream drops it. A connect that finds every slot
+//! taken waits for one, at most `upstream.response_header_timeout`. It does not decide policy
+//! and does not inject.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -37,6 +44,15 @@ pub enum ConnectError {
     TlsTimeout { host: String },
     #[error("upstream URI has no usable host: {0}")]
     BadUri(String),
+    #[error(
+        "all {max} connections to {host}:{port} stayed busy for {waited:?} (upstream.max_connections_per_host)"
+    )]
+    HostBusy {
+        host: String,
+        port: u16,
+        max: usize,
+        waited: Duration,
+    },
 }
 
 /// The verification cause reported in `upstream_tls` refusals.
@@ -170,23 +186,157 @@ impl AsyncWrite for MaybeTls {
     }
 }
 
+type HostKey = (String, u16);
+
+/// Per-(host, port) connection slots shared by a connector and its clones (one pooled client).
+#[derive(Clone, Debug)]
+pub struct HostLimits {
+    max: usize,
+    /// How long a connect waits for a free slot.
+    wait: Duration,
+    slots: Arc<Mutex<HashMap<HostKey, Arc<Semaphore>>>>,
+}
+
+impl HostLimits {
+    pub fn new(max: usize, wait: Duration) -> HostLimits {
+        HostLimits {
+            max: max.max(1),
+            wait,
+            slots: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostKey, Arc<Semaphore>>> {
+        // The map holds no invariant a panicking holder could break.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (bounded) for a slot to `host:port`.
+    async fn acquire(&self, host: &str, port: u16) -> Result<HostSlot, ConnectError> {
+        let key = (host.to_owned(), port);
+        let sem = self
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+            .clone();
+        let busy = || ConnectError::HostBusy {
+            host: host.to_owned(),
+            port,
+            max: self.max,
+            waited: self.wait,
+        };
+        let permit = match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            // The semaphores are never closed; treat it like a slot that never came free.
+            Ok(Err(_)) | Err(_) => return Err(busy()),
+        };
+        Ok(HostSlot {
+            permit: Some(permit),
+            key,
+            limits: self.clone(),
+        })
+    }
+
+    /// Forgets `key`'s semaphore once nothing holds or waits for it, so the map stays as small
+    /// as the set of hosts with open connections.
+    fn release(&self, key: &HostKey) {
+        let mut slots = self.lock();
+        if slots.get(key).is_some_and(|s| Arc::strong_count(s) == 1) {
+            slots.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked_hosts(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// One connection's slot: freed when the connection is dropped.
+#[derive(Debug)]
+struct HostSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    key: HostKey,
+    limits: HostLimits,
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.limits.release(&self.key);
+    }
+}
+
+/// An upstream connection holding its per-host slot.
+#[derive(Debug)]
+pub struct UpstreamStream {
+    io: MaybeTls,
+    _slot: HostSlot,
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// tower `Service<Uri>` for hyper-util's pooled client.
 #[derive(Clone)]
 pub struct UpstreamConnector {
     dialer: Dialer,
     tls: Option<TlsConnector>,
     handshake_timeout: Duration,
+    limits: HostLimits,
 }
 
 impl std::fmt::Debug for UpstreamConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamConnector")
             .field("tls", &self.tls.is_some())
+            .field("max_per_host", &self.limits.max)
             .finish_non_exhaustive()
     }
 }
 
 impl UpstreamConnector {
+    /// A connector with the default per-host cap; [`http_client`](super::client::http_client)
+    /// sets the configured one.
     pub fn new(
         dialer: Dialer,
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -196,12 +346,23 @@ impl UpstreamConnector {
             dialer,
             tls: tls.map(TlsConnector::from),
             handshake_timeout,
+            limits: HostLimits::new(
+                crate::config::defaults::MAX_CONNECTIONS_PER_HOST,
+                crate::config::defaults::RESPONSE_HEADER_TIMEOUT,
+            ),
         }
+    }
+
+    /// Caps open connections per host and port at `max`; a connect waits at most `wait` for
+    /// a free slot.
+    pub fn with_host_limit(mut self, max: usize, wait: Duration) -> Self {
+        self.limits = HostLimits::new(max, wait);
+        self
     }
 }
 
 impl tower_service::Service<Uri> for UpstreamConnector {
-    type Response = TokioIo<MaybeTls>;
+    type Response = TokioIo<UpstreamStream>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
@@ -213,6 +374,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
         let dialer = self.dialer.clone();
         let tls = self.tls.clone();
         let timeout = self.handshake_timeout;
+        let limits = self.limits.clone();
         Box::pin(async move {
             let raw_host = uri
                 .host()
@@ -220,9 +382,12 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             let host = Host::parse(raw_host).map_err(|e| ConnectError::BadUri(e.to_string()))?;
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let shown = host.to_string();
+            let slot = limits.acquire(&shown, port).await?;
             let dialed = dialer.dial(&host, port).await?;
+            let stream = |io| TokioIo::new(UpstreamStream { io, _slot: slot });
             if !https {
-                return Ok(TokioIo::new(MaybeTls::Plain(dialed.stream)));
+                return Ok(stream(MaybeTls::Plain(dialed.stream)));
             }
             let Some(tls) = tls else {
                 return Err(ConnectError::BadUri(
@@ -234,9 +399,8 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     .map_err(|e| ConnectError::BadUri(e.to_string()))?,
                 Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
             };
-            let shown = host.to_string();
             match tokio::time::timeout(timeout, tls.connect(server_name, dialed.stream)).await {
-                Ok(Ok(stream)) => Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream)))),
+                Ok(Ok(tls)) => Ok(stream(MaybeTls::Tls(Box::new(tls)))),
                 Ok(Err(e)) => Err(ConnectError::Tls {
                     host: shown,
                     cause: tls_cause(&e),
@@ -244,5 +408,36 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                 Err(_) => Err(ConnectError::TlsTimeout { host: shown }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn host_slots_cap_wait_and_free() {
+        let limits = HostLimits::new(2, Duration::from_millis(200));
+        let a = limits.acquire("a.test", 443).await.unwrap();
+        let b = limits.acquire("a.test", 443).await.unwrap();
+        // Another port is another host.
+        let other = limits.acquire("a.test", 8443).await.unwrap();
+        assert_eq!(limits.tracked_hosts(), 2);
+        // The third connection to a.test:443 waits, and gives up after `wait`.
+        let err = limits.acquire("a.test", 443).await.unwrap_err();
+        assert!(
+            matches!(err, ConnectError::HostBusy { max: 2, .. }),
+            "{err}"
+        );
+        // A waiter gets the slot a dropped connection frees.
+        let waiter = tokio::spawn({
+            let limits = limits.clone();
+            async move { limits.acquire("a.test", 443).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(a);
+        waiter.await.unwrap().unwrap();
+        drop((b, other));
+        assert_eq!(limits.tracked_hosts(), 0, "idle hosts are forgotten");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Removes the fixed hop-by-hop set, every header the `Connection` header names, and all
 //! `Proxy-*` headers (credentials meant for this proxy never travel further). Upgrades are the
-//! caller's business: it decides whether to re-add `Connection: upgrade` and `Upgrade`.
+//! caller's business: it decides whether to re-add `Connection: upgrade` and `Upgrade`, and
+//! [`is_websocket_upgrade`] tells it whether an upgrade is the one kind it may relay.
 
 use http::HeaderMap;
 use http::header::{self, HeaderName};
@@ -70,6 +71,18 @@ pub fn upgrade_token(headers: &HeaderMap) -> Option<http::HeaderValue> {
     }
 }
 
+/// Whether `headers` ask for WebSocket and nothing else: exactly one `Upgrade` field whose
+/// value is the single token `websocket` (any case). Used on requests and on 101 responses.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|s| s.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +120,29 @@ mod tests {
         assert!(upgrade_token(&h).is_none());
         h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
         assert_eq!(upgrade_token(&h).unwrap(), "websocket");
+    }
+
+    #[test]
+    fn only_a_lone_websocket_token_is_websocket() {
+        let upgrade = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("upgrade", v.parse().unwrap());
+            }
+            is_websocket_upgrade(&h)
+        };
+        assert!(upgrade(&["websocket"]));
+        assert!(upgrade(&["WebSocket "]));
+        for refused in [
+            &["h2c"][..],
+            &["TLS/1.0"],
+            &["foo"],
+            &["websocket, foo"],
+            &["foo, websocket"],
+            &["websocket", "h2c"],
+            &[],
+        ] {
+            assert!(!upgrade(refused), "{refused:?}");
+        }
     }
 }

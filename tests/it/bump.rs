@@ -1,6 +1,7 @@
 //! The bump rung: per-deployment CA, per-SNI leaves, verified re-origination, real clients.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -28,10 +29,35 @@ async fn bump_env(leaf: Option<Leaf>) -> Env {
     }
 }
 
+/// A bump env whose upstream offers `alpn`, with extra `upstream:` and `proxy:` settings
+/// (`key: value, …`, may be empty).
+async fn bump_env_with(alpn: &[&[u8]], upstream: &str, proxy: &str) -> Env {
+    let pki = Pki::new("upstream test CA");
+    let leaf = pki.leaf(&["bump.test", "a.wild.test", "b.wild.test"]);
+    let (up, seen) = start_upstream(Some(server_config(&leaf, alpn))).await;
+    let proxy = bump_proxy_with(&pki, up.port(), upstream, proxy).await;
+    Env {
+        pki,
+        up,
+        seen,
+        proxy,
+    }
+}
+
 async fn bump_proxy(pki: &Pki, port: u16) -> Proxy {
+    bump_proxy_with(pki, port, "", "").await
+}
+
+async fn bump_proxy_with(pki: &Pki, port: u16, upstream: &str, proxy: &str) -> Proxy {
+    let upstream = if upstream.is_empty() {
+        String::new()
+    } else {
+        format!(", {upstream}")
+    };
     let yaml = format!(
         "state_dir: STATE_DIR
-upstream: {{ extra_roots: [{ca}] }}
+proxy: {{ {proxy} }}
+upstream: {{ extra_roots: [{ca}]{upstream} }}
 network: {{ allow: [127.0.0.1/32], hosts: {{ bump.test: 127.0.0.1, a.wild.test: 127.0.0.1, b.wild.test: 127.0.0.1, other.test: 127.0.0.1 }} }}
 destinations:
   - {{ host: bump.test, ports: [{port}], rung: bump }}
@@ -41,6 +67,61 @@ destinations:
         ca = pki.ca_path().display()
     );
     Proxy::start(&yaml).await
+}
+
+/// An HTTP/2 session to `bump.test` through the proxy; the handle ends when the session does.
+async fn h2_session(
+    env: &Env,
+) -> (
+    hyper::client::conn::http2::SendRequest<TBody>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{}", env.up.port()),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+fn empty() -> TBody {
+    http_body_util::Empty::<bytes::Bytes>::new().boxed()
+}
+
+/// `n` concurrent GETs of `path` on one HTTP/2 session; every one must answer 200 `want`.
+async fn h2_burst(env: &Env, n: usize, path: &str, want: &str) {
+    let (send, _conn) = h2_session(env).await;
+    let url = format!("https://bump.test:{}{path}", env.up.port());
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let mut send = send.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(url).body(empty()).unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }));
+    }
+    for t in tasks {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(&body[..], want.as_bytes());
+    }
 }
 
 fn curl_args(env: &Env, extra: &[&str], url: &str) -> Vec<String> {
@@ -551,6 +632,337 @@ destinations:
             assert!(out.contains("x-egress-edge-error: upstream_tls"), "{out}");
         }
     }
+}
+
+/// One guest HTTP/2 session with 100 concurrent requests to an HTTP/1.1-only upstream used to
+/// open one upstream connection per request; the per-host cap holds it to 8, and the excess
+/// requests wait for a pooled connection instead of failing.
+#[tokio::test]
+async fn h2_burst_to_an_http1_upstream_stays_within_the_per_host_connection_cap() {
+    let env = bump_env_with(&[b"http/1.1"], "max_connections_per_host: 8", "").await;
+    h2_burst(&env, 100, "/slow", "slow").await;
+    assert_eq!(env.seen.requests.lock().unwrap().len(), 100);
+    let conns = env.seen.connections.load(Ordering::SeqCst);
+    assert!(conns <= 8, "{conns} upstream connections for one host");
+}
+
+/// A bump session advertises at most 100 concurrent streams, so one guest connection cannot
+/// put more requests than that in flight upstream.
+#[tokio::test]
+async fn concurrent_streams_per_bump_session_are_capped() {
+    let env = bump_env(None).await;
+    h2_burst(&env, 150, "/slow", "slow").await;
+    let peak = env.seen.peak_inflight.load(Ordering::SeqCst);
+    assert!(
+        peak <= 100,
+        "{peak} requests in flight from one guest session"
+    );
+    assert!(peak >= 50, "the burst should overlap: peak {peak}");
+}
+
+/// An upstream that answers an upload at once (413, or an early 200) and neither reads nor
+/// releases the body: the guest gets the response and the exchange ends instead of stalling
+/// on flow control, whether the upstream speaks HTTP/2 or HTTP/1.1. curl (a 32 MiB upload,
+/// more than the sockets and windows in between can buffer) stops uploading on the 413 and
+/// shows it; a client that keeps uploading has the rest drained briefly, then its HTTP/2
+/// stream reset with NO_ERROR (RFC 9113 §8.1) or its HTTP/1.1 connection closed.
+#[tokio::test]
+async fn upload_answered_before_it_is_read_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'x'; 32 * 1024 * 1024]).unwrap();
+    let file = file.to_str().unwrap();
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let h1_only: &[&[u8]] = &[b"http/1.1"];
+    for alpn in [both, h1_only] {
+        let env = bump_env_with(alpn, "", "").await;
+        // curl stops uploading once it has an error response; it gets it over both protocols.
+        let url = format!("https://bump.test:{}/early", env.up.port());
+        for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+            let t0 = Instant::now();
+            let (code, out, err) = curl_async(curl_args(
+                &env,
+                &[flag, "-T", file, "-w", "\n%{http_code} %{http_version}"],
+                &url,
+            ))
+            .await;
+            let took = t0.elapsed();
+            assert_eq!(code, 0, "{alpn:?} {flag}: {err}");
+            assert_eq!(out, format!("early 413\n413 {version}"), "{alpn:?} {flag}");
+            assert!(
+                took < Duration::from_secs(5),
+                "{alpn:?} {flag}: took {took:?}"
+            );
+        }
+        // Clients that keep uploading after the response.
+        for status in [413u16, 200] {
+            let case = format!("upstream {alpn:?}, {status}");
+            let url = format!("https://bump.test:{}/early?status={status}", env.up.port());
+            let want = format!("early {status}");
+            // hyper clients streaming their bodies, over HTTP/2 and HTTP/1.1.
+            let (mut h2, _conn) = h2_session(&env).await;
+            let (body, producer) = streaming_upload();
+            let req = http::Request::put(url.clone()).body(body).unwrap();
+            let resp = h2.send_request(req);
+            check_early(&case, "h2", resp, status, &want, producer).await;
+            let tls = tls_through(
+                env.proxy.addr,
+                &format!("bump.test:{}", env.up.port()),
+                "bump.test",
+                client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+            )
+            .await
+            .unwrap();
+            let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let (body, producer) = streaming_upload();
+            let req = http::Request::put(format!("/early?status={status}"))
+                .header("host", format!("bump.test:{}", env.up.port()))
+                .body(body)
+                .unwrap();
+            let resp = h1.send_request(req);
+            check_early(&case, "h1", resp, status, &want, producer).await;
+        }
+    }
+}
+
+/// An upload that never ends by itself (64 KiB chunks until the body is dropped); the task
+/// ends when the proxy resets or closes it.
+fn streaming_upload() -> (TBody, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(4);
+    let producer = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'y'; 64 * 1024]);
+        while tx
+            .send(Ok(hyper::body::Frame::data(chunk.clone())))
+            .await
+            .is_ok()
+        {}
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (http_body_util::StreamBody::new(stream).boxed(), producer)
+}
+
+/// The early answer arrives whole, and the endless upload is then reset (HTTP/2) or its
+/// connection closed (HTTP/1.1) after the drain grace instead of going on forever.
+async fn check_early(
+    case: &str,
+    proto: &str,
+    resp: impl std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+    status: u16,
+    want: &str,
+    producer: tokio::task::JoinHandle<()>,
+) {
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .unwrap_or_else(|_| panic!("{case} {proto}: no response headers"))
+        .unwrap();
+    assert_eq!(resp.status(), status, "{case} {proto}");
+    let got = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .unwrap_or_else(|_| panic!("{case} {proto}: no response body"))
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&got[..], want.as_bytes(), "{case} {proto}");
+    tokio::time::timeout(Duration::from_secs(5), producer)
+        .await
+        .unwrap_or_else(|_| panic!("{case} {proto}: the upload must end, not hang"))
+        .unwrap();
+}
+
+/// Inside the bump, a request head must arrive within `header_read_timeout`; a keep-alive
+/// connection waiting for its next request is governed by `idle_timeout` instead.
+#[tokio::test]
+async fn bumped_request_heads_are_timed_by_header_read_timeout() {
+    let env = bump_env_with(
+        &[b"h2", b"http/1.1"],
+        "",
+        "header_read_timeout: 1s, idle_timeout: 30s",
+    )
+    .await;
+    let mut tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{}", env.up.port()),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let get = format!(
+        "GET /small HTTP/1.1\r\nHost: bump.test:{}\r\n\r\n",
+        env.up.port()
+    );
+    tls.write_all(get.as_bytes()).await.unwrap();
+    let (status, _, body) = read_response(&mut tls).await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    // Idle for longer than the header timeout: the keep-alive connection stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tls.write_all(get.as_bytes()).await.unwrap();
+    let (status, _, body) = read_response(&mut tls).await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    // A head that never completes is cut after the header timeout, not the idle timeout.
+    tls.write_all(b"GET /small HTTP/1.1\r\nHost: bump.t")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 256];
+    let r = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("the partial head must be cut at header_read_timeout");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+}
+
+/// An HTTP/2 bump session with no request in flight ends at `idle_timeout`; a request that
+/// streams for longer than that is not cut.
+#[tokio::test]
+async fn idle_h2_bump_session_ends_at_idle_timeout() {
+    let env = bump_env_with(&[b"h2", b"http/1.1"], "", "idle_timeout: 1s").await;
+    let (mut send, conn) = h2_session(&env).await;
+    let req = http::Request::get(format!("https://bump.test:{}/sse", env.up.port()))
+        .body(empty())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"data: one\n\ndata: two\n\n");
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), conn)
+        .await
+        .expect("an idle HTTP/2 session must end at idle_timeout")
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(800), "ended after {took:?}");
+}
+
+/// Only WebSocket upgrades are relayed. Any other `Upgrade` (h2c, TLS, a custom protocol)
+/// would turn the session into uninspected bytes after a 101, so it is refused before the
+/// upstream sees it.
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed() {
+    let env = bump_env(None).await;
+    for token in ["h2c", "foo", "TLS/1.0", "websocket, foo", "foo, websocket"] {
+        let mut tls = tls_through(
+            env.proxy.addr,
+            &format!("bump.test:{}", env.up.port()),
+            "bump.test",
+            client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+        )
+        .await
+        .unwrap();
+        tls.write_all(
+            format!(
+                "GET /raw-upgrade HTTP/1.1\r\nHost: bump.test:{}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {token}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+                env.up.port()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (status, headers, body) = read_response(&mut tls).await;
+        assert_eq!(status, 400, "{token}: {body}");
+        assert_eq!(
+            header(&headers, "x-egress-edge-error"),
+            Some("bad_request"),
+            "{token}"
+        );
+        assert!(
+            json(&body)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("WebSocket"),
+            "{body}"
+        );
+    }
+    assert!(env.seen.requests.lock().unwrap().is_empty());
+    env.proxy
+        .wait_metric("egress_edge_refusals_total{code=\"bad_request\"} 5")
+        .await;
+    // An upstream that answers a WebSocket upgrade by switching to something else is not
+    // relayed either.
+    let mut tls = tls_through(
+        env.proxy.addr,
+        &format!("bump.test:{}", env.up.port()),
+        "bump.test",
+        client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    tls.write_all(
+        format!(
+            "GET /raw-upgrade?as=h2c HTTP/1.1\r\nHost: bump.test:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            env.up.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, headers, body) = read_response(&mut tls).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        header(&headers, "x-egress-edge-error"),
+        Some("upstream_connect")
+    );
+    assert!(body.contains("other than WebSocket"), "{body}");
+}
+
+/// `proxy.max_header_bytes` bounds the whole header section of a bumped request, over
+/// HTTP/1.1 and HTTP/2: 65,000 bytes pass a 65,536 limit, 70,000 are refused with 431.
+#[tokio::test]
+async fn header_limit_is_enforced_inside_the_bump() {
+    let env = bump_env_with(&[b"h2", b"http/1.1"], "", "max_header_bytes: 65536").await;
+    let port = env.up.port();
+    for (size, want) in [(65_000, 200), (70_000, 431)] {
+        // HTTP/1.1: the head is exactly `size` bytes on the wire.
+        let mut tls = tls_through(
+            env.proxy.addr,
+            &format!("bump.test:{port}"),
+            "bump.test",
+            client_config(env.proxy.bump_roots(), &[b"http/1.1"]),
+        )
+        .await
+        .unwrap();
+        let head = sized_head(
+            &format!("GET /small HTTP/1.1\r\nHost: bump.test:{port}\r\n"),
+            size,
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let (status, headers, _) = read_response(&mut tls).await;
+        assert_eq!(status, want, "h1, {size} bytes");
+        if want == 431 {
+            // hyper's own buffer limit may answer first, without a body; when the request
+            // reaches the proxy's count, the refusal carries its code.
+            if let Some(code) = header(&headers, "x-egress-edge-error") {
+                assert_eq!(code, "headers_too_large");
+            }
+        }
+        // HTTP/2: the same header section, counted the same way.
+        let (mut send, _conn) = h2_session(&env).await;
+        let fill =
+            size - format!("GET https://bump.test:{port}/small HTTP/1.1\r\nx-fill: \r\n\r\n").len();
+        let req = http::Request::get(format!("https://bump.test:{port}/small"))
+            .header("x-fill", "f".repeat(fill))
+            .body(empty())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), want, "h2, {size} bytes");
+        if want == 431 {
+            assert_eq!(resp.headers()["x-egress-edge-error"], "headers_too_large");
+        }
+    }
+    let seen = env.seen.requests.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        2,
+        "only the two requests under the limit reach the upstream"
+    );
 }
 
 /// The access log users expect: request events with the path (query values redacted), a

@@ -438,6 +438,41 @@ default_rung: deny
     assert_eq!(header(&headers, "retry-after"), Some("1"));
 }
 
+/// `proxy.max_header_bytes` bounds the whole header section on the explicit listener, not
+/// hyper's read buffer: at a 65,536 limit, 65,000 bytes pass and 70,000 are refused with 431
+/// before anything is forwarded.
+#[tokio::test]
+async fn header_limit_is_exact_on_the_explicit_listener() {
+    let (up, seen) = start_upstream(None).await;
+    let port = up.port();
+    let yaml = format!(
+        "state_dir: STATE_DIR
+proxy: {{ max_header_bytes: 65536 }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ plain.test: 127.0.0.1 }} }}
+destinations:
+  - {{ host: plain.test, ports: [{port}] }}
+"
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let start =
+        format!("GET http://plain.test:{port}/small HTTP/1.1\r\nHost: plain.test:{port}\r\n");
+    let (status, _, body, _) = raw(proxy.addr, &sized_head(&start, 65_000)).await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let (status, headers, body, _) = raw(proxy.addr, &sized_head(&start, 70_000)).await;
+    assert_eq!(status, 431, "{body}");
+    if let Some(code) = header(&headers, "x-egress-edge-error") {
+        assert_eq!(code, "headers_too_large");
+        let v = json(&body);
+        assert_eq!(v["error"], "headers_too_large");
+        assert!(v["detail"].as_str().unwrap().contains("65536"), "{body}");
+    }
+    // A CONNECT carries the same limit.
+    let connect = format!("CONNECT plain.test:{port} HTTP/1.1\r\nHost: plain.test:{port}\r\n");
+    let (status, _, _, _) = raw(proxy.addr, &sized_head(&connect, 70_000)).await;
+    assert_eq!(status, 431);
+    assert_eq!(seen.requests.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn handshake_and_idle_timeouts_close_tunnels() {
     let (pki, up, _seen, proxy) = passthrough_env("").await;

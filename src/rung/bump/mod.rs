@@ -3,11 +3,14 @@
 //! A bump session reads the ClientHello, checks the SNI against the rule that allowed the
 //! CONNECT host, completes the handshake with a leaf from the deployment CA (ALPN `h2` and
 //! `http/1.1`), then serves HTTP on the session; each request is handled by `request.rs`,
-//! which hands credentials to the injector it is given. Upstream TLS (verification, pooling)
-//! lives in `upstream`; credentials in `credential`. This module does not decide rungs and
-//! never falls back to a tunnel.
+//! which hands credentials to the injector it is given. A session carries at most
+//! `BUMP_MAX_CONCURRENT_STREAMS` HTTP/2 streams at once; request heads are timed by
+//! `proxy.header_read_timeout` and the idle session by `proxy.idle_timeout` (`timing.rs`).
+//! Upstream TLS (verification, pooling) lives in `upstream`; credentials in `credential`.
+//! This module does not decide rungs and never falls back to a tunnel.
 
 mod request;
+mod timing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, server::ProducesTickets};
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::config::defaults;
 use crate::context::ReqCtx;
 use crate::credential::Injector;
 use crate::net::host::Host;
@@ -209,21 +213,43 @@ impl Bumper {
             },
             injector: self.injector.clone(),
         });
-        let svc = hyper::service::service_fn(move |req| request::handle(req, session.clone()));
+        let activity = Arc::new(timing::Activity::default());
+        let in_flight = activity.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let busy = in_flight.begin();
+            let session = session.clone();
+            async move {
+                let resp = request::handle(req, session).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| timing::hold(body, busy)))
+            }
+        });
+        let proxy = &snap.config.proxy;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(snap.config.proxy.idle_timeout)
-            .max_buf_size(snap.config.proxy.max_header_bytes);
+            .timer(timing::HeadTimer::new(
+                activity.clone(),
+                proxy.header_read_timeout,
+                proxy.idle_timeout,
+            ))
+            .header_read_timeout(proxy.header_read_timeout)
+            .max_buf_size(proxy.max_header_bytes);
         builder
             .http2()
             .timer(hyper_util::rt::TokioTimer::new())
-            .max_header_list_size(snap.config.proxy.max_header_bytes as u32);
+            .max_concurrent_streams(defaults::BUMP_MAX_CONCURRENT_STREAMS)
+            // Pings after idle_timeout without reads; a peer that does not answer is gone.
+            .keep_alive_interval(proxy.idle_timeout)
+            // HTTP/2 counts 32 bytes per field on top of name and value; the exact limit is
+            // request.rs's count, this only bounds what the decoder buffers.
+            .max_header_list_size(
+                u32::try_from(proxy.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            );
         shared.metrics.active_tunnels.inc();
         let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let tls = CountedIo::new(tls, up.clone(), down.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        let guest = timing::GuestIo::new(tls, activity.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(guest), svc);
         tokio::pin!(conn);
         let outcome = tokio::select! {
             r = conn.as_mut() => match r {
@@ -236,6 +262,14 @@ impl Bumper {
                     Outcome::IoError
                 }
             },
+            () = activity.idle(proxy.idle_timeout) => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => Outcome::IdleTimeout,
+                    () = shared.hard_stop.cancelled() => Outcome::Shutdown,
+                    () = kill.cancelled() => Outcome::KillSwitch,
+                }
+            }
             () = shared.draining.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {

@@ -1,9 +1,13 @@
 //! One request inside a bumped TLS session: host consistency, credentials, re-origination.
 //!
-//! The request's Host / `:authority` must fall under the same rule as the CONNECT host and the
-//! SNI; otherwise it is refused with `host_mismatch`. The injector applies the destination's
-//! credential; the request then goes upstream over verified TLS to the address the dialer
-//! vets for that host. WebSocket upgrades are relayed by splicing the two upgraded streams.
+//! A request whose header section is over `proxy.max_header_bytes` is refused with
+//! `headers_too_large`. The request's Host / `:authority` must fall under the same rule as the
+//! CONNECT host and the SNI; otherwise it is refused with `host_mismatch`. The injector applies
+//! the destination's credential; the request then goes upstream over verified TLS to the
+//! address the dialer vets for that host. WebSocket upgrades are relayed by splicing the two
+//! upgraded streams; any other `Upgrade` (h2c, TLS, a custom protocol) is refused with
+//! `bad_request` before it reaches the upstream, because after a 101 the proxy could only
+//! splice bytes it cannot inspect (fail closed rather than strip the header and guess).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,12 +25,15 @@ use crate::net::host::Host;
 use crate::observe::access_log::{AccessEvent, Outcome, Unit, loggable_path};
 use crate::policy::{Decision, OtherRule, Rung};
 use crate::refusal::{self, Kind};
-use crate::rung::Reflect;
 use crate::rung::plain::authority;
+use crate::rung::{Reflect, head};
 use crate::state::Snapshot;
 use crate::upstream::hop;
 use crate::upstream::relay::request;
 use crate::upstream::tunnel::{self, Stops};
+
+/// Why an `Upgrade` other than WebSocket is refused.
+const NOT_WEBSOCKET: &str = "only WebSocket upgrades are relayed through a bumped session (`Upgrade: websocket`, nothing else); other protocols would be spliced uninspected";
 
 /// What every request of one bump session shares.
 #[derive(Debug)]
@@ -67,6 +74,12 @@ impl Session {
 pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<Body>, Infallible> {
     let mut ctx = s.request_ctx(Instant::now(), req.method());
     ctx.ev().path = Some(loggable_path(req.uri()));
+    if let Err(cause) = head::check(&req, s.snap.config.proxy.max_header_bytes) {
+        return Ok(ctx.deny(Kind::HeadersTooLarge, cause));
+    }
+    if hop::upgrade_token(req.headers()).is_some() && !hop::is_websocket_upgrade(req.headers()) {
+        return Ok(ctx.deny(Kind::BadRequest, NOT_WEBSOCKET));
+    }
     let host = match request_host(&req, &s) {
         Ok(h) => h,
         Err(cause) => return Ok(ctx.deny(Kind::HostMismatch, cause)),
@@ -126,7 +139,7 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, token);
-        let body = http_body_util::BodyExt::boxed(body);
+        let body = crate::body::boxed(body);
         return Ok(upgrade_relay(
             &s,
             ctx,
@@ -207,6 +220,15 @@ async fn upgrade_relay(
     if let Some(r) = &reflection {
         r.redact_headers(resp.headers_mut());
     }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && !hop::is_websocket_upgrade(resp.headers())
+    {
+        // Only WebSocket was asked for; a switch to anything else is not relayed.
+        return ctx.deny(
+            Kind::UpstreamConnect,
+            "the upstream answered 101 with a protocol other than WebSocket, which is not relayed",
+        );
+    }
     let mut access = ctx.access;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream declined the upgrade: relay its answer as an ordinary response.
@@ -216,9 +238,9 @@ async fn upgrade_relay(
         return match reflection {
             Some(r) => Response::from_parts(
                 parts,
-                http_body_util::BodyExt::boxed(RedactBody::new(body, r, DEFAULT_LIMIT)),
+                crate::body::boxed(RedactBody::new(body, r, DEFAULT_LIMIT)),
             ),
-            None => Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
+            None => Response::from_parts(parts, crate::body::boxed(body)),
         };
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);

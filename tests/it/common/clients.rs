@@ -169,3 +169,10 @@ pub async fn open_tunnel(
     assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
     tls
 }
+
+/// `start` (a request line and headers, each ending in CRLF) plus an `x-fill` header sized so
+/// the whole head, final CRLF included, is exactly `size` bytes.
+pub fn sized_head(start: &str, size: usize) -> String {
+    let fixed = start.len() + "x-fill: \r\n\r\n".len();
+    format!("{start}x-fill: {}\r\n\r\n", "f".repeat(size - fixed))
+}

@@ -1,6 +1,8 @@
 //! The fake upstream: a real HTTP/1 + HTTP/2 server on loopback (TLS or plain) with fixed
-//! routes (`/small`, `/token`, `/headers`, `/sse`, `/trailers`, `/ws`, and the fake LLM API's
-//! `/v1/chat/completions` and `/v1/messages`, see [`super::fake_api`]) that records what it saw,
+//! routes (`/small`, `/slow`, `/early`, `/token`, `/headers`, `/reflect`, `/sse`, `/trailers`,
+//! `/ws`, `/raw-upgrade`, and the fake LLM API's `/v1/chat/completions` and `/v1/messages`, see
+//! [`super::fake_api`]) that records what it saw (requests, connections, peak concurrent
+//! requests),
 //! and a connector that records dial attempts and never connects.
 
 use std::convert::Infallible;
@@ -28,6 +30,9 @@ pub struct Seen {
     pub requests: Mutex<Vec<(String, http::HeaderMap)>>,
     pub handshakes: AtomicUsize,
     pub connections: AtomicUsize,
+    /// Requests to `/slow` being served right now, and the most there ever were at once.
+    pub inflight: AtomicUsize,
+    pub peak_inflight: AtomicUsize,
 }
 
 pub(crate) fn full(s: impl Into<Bytes>) -> TBody {
@@ -61,6 +66,32 @@ async fn upstream_handler(
     }
     let resp = match path.as_str() {
         "/small" => Response::new(full("hello")),
+        "/slow" => {
+            let now = seen.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.peak_inflight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.inflight.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full("slow"))
+        }
+        // Answers at once (413, or `?status=N`) and neither reads the request body nor lets go
+        // of it for a while (an upload it refuses or ignores, on a server that does not drain).
+        "/early" => {
+            let status = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("status="))
+                .and_then(|s| s.parse::<u16>().ok())
+                .unwrap_or(413);
+            let body = req.into_body();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(body);
+            });
+            Response::builder()
+                .status(status)
+                .body(full(format!("early {status}")))
+                .unwrap()
+        }
         "/token" => {
             let body = req
                 .into_body()
@@ -201,6 +232,39 @@ async fn upstream_handler(
                 .body(full(""))
                 .unwrap()
         }
+        // Switches to whatever protocol the request asked for (or to `?as=PROTOCOL`), then
+        // echoes raw bytes: what a proxy must never relay uninspected.
+        "/raw-upgrade" => {
+            let forced = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("as="))
+                .and_then(|p| http::HeaderValue::from_str(p).ok());
+            let Some(token) = forced.or_else(|| req.headers().get("upgrade").cloned()) else {
+                return Ok(Response::builder()
+                    .status(400)
+                    .body(full("no upgrade"))
+                    .unwrap());
+            };
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", token)
+                .body(full(""))
+                .unwrap()
+        }
         _ => Response::builder().status(404).body(full("nope")).unwrap(),
     };
     Ok(resp)
@@ -236,7 +300,10 @@ pub async fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAd
                 let svc_seen = seen.clone();
                 let svc =
                     hyper::service::service_fn(move |r| upstream_handler(r, svc_seen.clone()));
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Large enough for the header-limit tests, which send up to 70 kB of headers.
+                builder.http2().max_header_list_size(1 << 20);
                 match tls {
                     Some(cfg) => {
                         let Ok(t) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await else {
