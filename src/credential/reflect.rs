@@ -351,7 +351,8 @@ impl<B> RedactBody<B> {
 
     /// Takes a data frame; returns what can be emitted now (possibly leaving a frame in
     /// `pending`), or `None` when everything was held back.
-    fn data(&mut self, data: Bytes) -> Option<Bytes> {
+    /// `end`: the inner body has nothing after this frame, so nothing needs holding back.
+    fn data(&mut self, data: Bytes, end: bool) -> Option<Bytes> {
         if self.received >= self.scan_end {
             self.received = self.received.saturating_add(data.len() as u64);
             return Some(data);
@@ -360,7 +361,7 @@ impl<B> RedactBody<B> {
         let take = room.min(data.len());
         self.held.extend_from_slice(&data[..take]);
         self.received += take as u64;
-        let out = self.scan(self.received >= self.scan_end);
+        let out = self.scan(end || self.received >= self.scan_end);
         let rest = data.slice(take..);
         if !rest.is_empty() {
             self.received = self.received.saturating_add(rest.len() as u64);
@@ -456,7 +457,9 @@ where
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        if let Some(out) = this.data(data) {
+                        // The common small response is one frame: sent whole, in one write.
+                        let end = this.inner.is_end_stream();
+                        if let Some(out) = this.data(data, end) {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
