@@ -57,19 +57,40 @@ pub fn in_headers(
     Ok(rewritten)
 }
 
-/// The value with `token` replaced, or `None` when it does not carry the token.
+/// The value with `token` replaced, or `None` when it does not carry the token. Works on the
+/// value's bytes, so the rest of a value that is not UTF-8 is kept exactly as sent.
 fn in_value(value: &[u8], token: &str, secret: &str) -> Result<Option<HeaderValue>, SwapError> {
-    let text = String::from_utf8_lossy(value);
-    let replaced = if text.contains(token) {
-        text.replace(token, secret)
-    } else if let Some(basic) = in_basic(&text, token, secret) {
-        basic
-    } else {
-        return Ok(None);
+    let replaced = match replace_bytes(value, token.as_bytes(), secret.as_bytes()) {
+        Some(r) => r,
+        None => match std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| in_basic(text, token, secret))
+        {
+            Some(basic) => basic.into_bytes(),
+            None => return Ok(None),
+        },
     };
-    let mut hv = HeaderValue::from_str(&replaced).map_err(|_| SwapError::NotHeaderText)?;
+    let mut hv = HeaderValue::from_bytes(&replaced).map_err(|_| SwapError::NotHeaderText)?;
     hv.set_sensitive(true);
     Ok(Some(hv))
+}
+
+/// `haystack` with every occurrence of `needle` replaced, or `None` when there is none.
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Option<Vec<u8>> {
+    if needle.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(haystack.len() + with.len());
+    let mut rest = haystack;
+    let mut found = false;
+    while let Some(i) = rest.windows(needle.len()).position(|w| w == needle) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(with);
+        rest = &rest[i + needle.len()..];
+        found = true;
+    }
+    out.extend_from_slice(rest);
+    found.then_some(out)
 }
 
 /// `Basic base64(user:token)` → `Basic base64(user:secret)`.
@@ -169,6 +190,18 @@ mod tests {
         assert_eq!(p.headers["authorization"], "Bearer sk-1");
         assert_eq!(p.headers["x-api-key"], "sk-1");
         assert!(p.headers["x-api-key"].is_sensitive());
+    }
+
+    #[test]
+    fn bytes_around_the_handle_are_kept_exactly() {
+        let mut p = parts("/", &[]);
+        p.headers.insert(
+            "x-api-key",
+            HeaderValue::from_bytes(b"caf\xe9 eeh_T \xff").unwrap(),
+        );
+        let names = [HeaderName::from_static("x-api-key")];
+        assert_eq!(in_headers(&mut p, &names, "eeh_T", "sk-1").unwrap(), 1);
+        assert_eq!(p.headers["x-api-key"].as_bytes(), b"caf\xe9 sk-1 \xff");
     }
 
     #[test]
