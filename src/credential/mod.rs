@@ -29,7 +29,7 @@ use http::HeaderValue;
 use http::request::Parts;
 
 use crate::credential::oauth::{OauthError, OauthTokens};
-use crate::credential::reflect::Reflection;
+use crate::credential::reflect::{Reflect, Reflection};
 use crate::credential::scan::{Found, Place};
 use crate::net::host::Host;
 use crate::observe::metrics::Metrics;
@@ -87,10 +87,8 @@ impl std::fmt::Debug for Injector {
 pub struct Injected {
     /// A client presenting the credential's client certificate, instead of the default one.
     pub client: Option<HttpClient>,
-    /// The forms of the injected secret to redact from the response.
-    pub reflection: Option<Reflection>,
-    /// The secret's name, for the redaction metric and audit event.
-    pub secret: Option<String>,
+    /// The injected secret to redact from the response (with its name, for the metric).
+    pub reflect: Option<Reflect>,
 }
 
 impl Injector {
@@ -116,14 +114,23 @@ impl Injector {
         }
     }
 
-    /// The redaction matcher for a secret value, built once per `key`.
-    fn reflection(&self, key: String, value: &[u8]) -> Option<Reflection> {
-        if let Some(r) = self.reflections.get(&key) {
-            return Some(r);
-        }
-        let r = Reflection::new(&[value]).ok()?;
-        self.reflections.insert(key, r.clone());
-        Some(r)
+    /// What to redact from the response to an injection of secret `name`: its matcher,
+    /// built once per `key`. A matcher that cannot be built refuses the injection rather than
+    /// let an echo of the secret through.
+    fn reflect(&self, name: &str, key: String, value: &[u8]) -> Result<Reflect, Unavailable> {
+        let reflection = match self.reflections.get(&key) {
+            Some(r) => r,
+            None => {
+                let r = Reflection::new(&[value])
+                    .map_err(|_| Unavailable::Redaction(name.to_owned()))?;
+                self.reflections.insert(key, r.clone());
+                r
+            }
+        };
+        Ok(Reflect {
+            reflection,
+            secret: name.to_owned(),
+        })
     }
 
     /// Full verification, or a cached signature check plus fresh expiry and revocation checks.
@@ -348,7 +355,7 @@ impl Injector {
                     .map_err(|_| Unavailable::NotHeaderValue(name.to_owned()))?;
                 hv.set_sensitive(true);
                 parts.headers.insert(header.clone(), hv);
-                Ok(self.injected(name, &versioned.version, value.expose()))
+                self.injected(name, &versioned.version, value.expose())
             }
             Credential::Swap { headers, query, .. } => {
                 let value = single_value(name, &versioned.secret)?;
@@ -367,7 +374,7 @@ impl Injector {
                 if swapped == 0 {
                     return Err(swap_err(swap::SwapError::NotFound));
                 }
-                Ok(self.injected(name, &versioned.version, value.expose()))
+                self.injected(name, &versioned.version, value.expose())
             }
             Credential::Oauth2 { header, .. } => {
                 let token = self.oauth.token(dest, credential, &versioned).await?;
@@ -382,8 +389,7 @@ impl Injector {
                 let key = format!("oauth\u{0}{name}\u{0}{:x}", fingerprint(token));
                 Ok(Injected {
                     client: None,
-                    reflection: self.reflection(key, token),
-                    secret: Some(name.to_owned()),
+                    reflect: Some(self.reflect(name, key, token)?),
                 })
             }
             Credential::ClientCert { .. } => {
@@ -419,12 +425,12 @@ impl Injector {
     }
 
     /// What a secret-carrying injection returns: the matcher for that secret's version.
-    fn injected(&self, name: &str, version: &str, value: &[u8]) -> Injected {
-        Injected {
+    fn injected(&self, name: &str, version: &str, value: &[u8]) -> Result<Injected, Unavailable> {
+        let key = format!("{name}\u{0}{version}");
+        Ok(Injected {
             client: None,
-            reflection: self.reflection(format!("{name}\u{0}{version}"), value),
-            secret: Some(name.to_owned()),
-        }
+            reflect: Some(self.reflect(name, key, value)?),
+        })
     }
 }
 
@@ -469,6 +475,8 @@ pub enum Unavailable {
     Oauth(#[from] OauthError),
     #[error("secret `{0}`: {1}")]
     Swap(String, swap::SwapError),
+    #[error("secret `{0}`: cannot build the matcher that keeps it out of responses")]
+    Redaction(String),
 }
 
 /// Fills a header template; `Err` when `{secret}` is wanted and the secret is not text.

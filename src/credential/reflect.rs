@@ -257,6 +257,14 @@ fn percent(v: &[u8], hex: &[u8; 16]) -> Vec<u8> {
 
 type Hook = Box<dyn FnOnce(u64) + Send + Sync>;
 
+/// The injected secret to keep out of one response: its matcher and its name (for the
+/// redaction metric and audit event).
+#[derive(Clone, Debug)]
+pub struct Reflect {
+    pub reflection: Reflection,
+    pub secret: String,
+}
+
 /// A response body that masks reflected secrets within its first `limit` bytes, keeping its
 /// length.
 ///

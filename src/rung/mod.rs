@@ -28,7 +28,7 @@ use crate::policy::Rung;
 use crate::refusal::{self, Kind, Refusal};
 use bump::Bumper;
 
-pub use relay::{Reflect, relay};
+pub use relay::relay;
 
 /// The checks every target goes through before anything is dialed: a well-formed host, the
 /// kill switch, the policy. Records the host and decision on `ctx`.

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use crate::body::{Body, boxed};
 use crate::config::defaults;
 use crate::context::ReqCtx;
-use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflection};
+use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflect};
 use crate::observe::access_log::Outcome;
 use crate::refusal;
 use crate::state::Shared;
@@ -32,13 +32,6 @@ use crate::upstream::connector::DialedAddr;
 use crate::upstream::cut::{cuttable, drain};
 use crate::upstream::metered::Counted;
 use crate::upstream::relay::send;
-
-/// The injected secret to keep out of the response: its matcher and its name.
-#[derive(Debug)]
-pub struct Reflect {
-    pub reflection: Reflection,
-    pub secret: String,
-}
 
 /// Sends `req` through `client` and relays the response; refusals go through `ctx`. With
 /// `reflect`, the secret (and its encodings) is redacted from the response headers and the

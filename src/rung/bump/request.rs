@@ -25,8 +25,8 @@ use crate::net::host::Host;
 use crate::observe::access_log::{AccessEvent, Outcome, Unit, loggable_path};
 use crate::policy::{Decision, OtherRule, Rung};
 use crate::refusal::{self, Kind};
+use crate::rung::head;
 use crate::rung::plain::authority;
-use crate::rung::{Reflect, head};
 use crate::state::Snapshot;
 use crate::upstream::hop;
 use crate::upstream::relay::request;
@@ -110,7 +110,7 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     };
     hop::strip(&mut parts.headers, true);
     ctx.bind_request_id(&mut parts.headers);
-    if injected.reflection.is_some() {
+    if injected.reflect.is_some() {
         // A compressed echo of the request could not be scanned for the secret.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
@@ -145,21 +145,20 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
             ctx,
             Request::from_parts(parts, body),
             guest_upgrade,
-            injected.reflection,
+            injected.reflect.map(|r| r.reflection),
         )
         .await);
     }
-    let reflect = match (injected.reflection, injected.secret) {
-        (Some(r), Some(name)) => Some(Reflect {
-            reflection: r,
-            secret: name,
-        }),
-        _ => None,
-    };
     let Some(client) = injected.client.or_else(|| s.snap.tls.clone()) else {
         return Ok(ctx.deny(Kind::UpstreamTls, "no upstream TLS client configured"));
     };
-    Ok(crate::rung::relay(ctx, &client, Request::from_parts(parts, body), reflect).await)
+    Ok(crate::rung::relay(
+        ctx,
+        &client,
+        Request::from_parts(parts, body),
+        injected.reflect,
+    )
+    .await)
 }
 
 /// The request's own host (`:authority` for HTTP/2, `Host` for HTTP/1.1), which must be
