@@ -4,7 +4,7 @@
 //!
 //! | stage | module | does |
 //! | --- | --- | --- |
-//! | frontend | [`frontend`] | accepts guest connections; CONNECT / absolute-form become a typed target |
+//! | frontend | [`frontend`] | accepts guest connections (explicit and transparent listeners, guest resolver); CONNECT, absolute-form, SNI and Host become a typed target |
 //! | policy | [`policy`] | pure decision: rung + rule for (host, port, scheme) |
 //! | dial | [`net`] | resolve, vet every address against the deny set, connect to the vetted one |
 //! | rung | [`rung`] | pass-through (SNI check, splice) or bump (guest TLS terminated) |
@@ -13,7 +13,8 @@
 //!
 //! Around them: [`config`] (raw YAML → typed config), [`refusal`] (the one error-to-response
 //! mapping), [`observe`] (access log, metrics, logging), [`state`] (snapshot, kill switch,
-//! reload), [`admin`] (admin listener and API), [`app`] (assembly and lifecycle), [`cli`].
+//! reload), [`admin`] (admin listener and API), [`app`] (assembly and lifecycle), [`jail`] (a confined
+//! process and the nftables ruleset for sandbox networks), [`cli`].
 
 pub mod admin;
 pub mod app;
@@ -24,6 +25,7 @@ mod context;
 mod credential;
 mod crypto;
 mod frontend;
+pub mod jail;
 pub mod net;
 pub mod observe;
 mod pem;

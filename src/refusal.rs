@@ -34,6 +34,9 @@ pub struct Refusal {
 pub enum Kind {
     DestinationDenied,
     AddressDenied,
+    /// Transparent mode: the connection was addressed to an address the proxy does not
+    /// resolve the named host to (`curl --resolve`, domain fronting).
+    AddressMismatch,
     SniMismatch,
     HostMismatch,
     HandleInvalid,
@@ -57,6 +60,7 @@ impl Kind {
         match self {
             Kind::DestinationDenied => "destination_denied",
             Kind::AddressDenied => "address_denied",
+            Kind::AddressMismatch => "address_mismatch",
             Kind::SniMismatch => "sni_mismatch",
             Kind::HostMismatch => "host_mismatch",
             Kind::HandleInvalid => "handle_invalid",
@@ -79,6 +83,7 @@ impl Kind {
         match self {
             Kind::DestinationDenied
             | Kind::AddressDenied
+            | Kind::AddressMismatch
             | Kind::SniMismatch
             | Kind::HostMismatch
             | Kind::HandleInvalid
@@ -100,6 +105,9 @@ impl Kind {
         match self {
             Kind::DestinationDenied | Kind::AddressDenied => {
                 "this is policy, not a network fault: do not retry or route around it; ask the operator to allow the destination"
+            }
+            Kind::AddressMismatch => {
+                "the connection went to an address this proxy does not resolve the name to (a pinned or overridden address, or domain fronting); resolve the name through the sandbox's resolver and do not override it"
             }
             Kind::SniMismatch | Kind::HostMismatch => {
                 "the TLS server name, the CONNECT host and the request's Host must name the same allowed destination; do not retry with another name"
@@ -180,6 +188,9 @@ impl Refusal {
             Kind::AddressDenied => {
                 format!("{dest} resolves to an address in a denied range ({cause})")
             }
+            Kind::AddressMismatch => {
+                format!("the connection to {dest} was addressed to {cause}")
+            }
             Kind::SniMismatch => format!(
                 "the TLS server name ({cause}) is not covered by the rule that allowed {dest}"
             ),
@@ -253,6 +264,7 @@ impl Kind {
     pub fn proxy_status_error(self) -> &'static str {
         match self {
             Kind::DestinationDenied
+            | Kind::AddressMismatch
             | Kind::SniMismatch
             | Kind::HostMismatch
             | Kind::HandleInvalid
@@ -410,6 +422,10 @@ pub fn from_dial(e: &crate::net::dial::DialError, host: &str, port: u16, rule: &
     match e {
         D::AddressDenied { denied, .. } => Refusal::new(Kind::AddressDenied, host, port, rule)
             .with_cause(format!("{} is in {}", denied.addr, denied.by)),
+        D::AddressMismatch { addr, .. } => Refusal::new(Kind::AddressMismatch, host, port, rule)
+            .with_cause(format!(
+                "{addr}, which is not an address this proxy resolves the name to"
+            )),
         D::Resolve { source, .. } => Refusal::new(Kind::UpstreamConnect, host, port, rule)
             .with_cause(format!("name resolution failed: {source}")),
         D::NoAddress { .. } => Refusal::new(Kind::UpstreamConnect, host, port, rule)

@@ -106,10 +106,7 @@ impl Proxy {
             .with_context(|| format!("parsing the bench config:\n{yaml}"))?;
         let proxy = TcpListener::bind("127.0.0.1:0").await?;
         let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let listeners = Listeners {
-            proxy,
-            admin: Some(AdminListener::Tcp(admin)),
-        };
+        let listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
         let app = App::build(config, listeners, BuildOptions::default())
             .await
             .context("egress-edge App::build")?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
 
 use super::AppError;
 use crate::admin::AdminCtx;
@@ -18,14 +18,47 @@ pub enum AdminListener {
     Unix(UnixListener, PathBuf),
 }
 
+/// The guest resolver's sockets: one address, UDP and TCP.
+#[derive(Debug)]
+pub struct DnsListener {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+}
+
+impl DnsListener {
+    /// Binds UDP and TCP on `addr` (for port 0, TCP takes the port UDP was given).
+    pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<DnsListener> {
+        let udp = UdpSocket::bind(addr).await?;
+        let tcp = TcpListener::bind(udp.local_addr()?).await?;
+        Ok(DnsListener { udp, tcp })
+    }
+}
+
 /// Already-bound listeners.
 #[derive(Debug)]
 pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: Option<AdminListener>,
+    /// More explicit-proxy listeners serving the same policy (`jail` binds one on its veth).
+    pub extra_proxy: Vec<TcpListener>,
+    /// Transparent listeners (`proxy.transparent`, and the jail's).
+    pub transparent: Vec<TcpListener>,
+    /// Guest resolvers (`dns.listen`, and the jail's).
+    pub dns: Vec<DnsListener>,
 }
 
 impl Listeners {
+    /// An explicit proxy listener and an optional admin listener, nothing else.
+    pub fn new(proxy: TcpListener, admin: Option<AdminListener>) -> Listeners {
+        Listeners {
+            proxy,
+            admin,
+            extra_proxy: Vec::new(),
+            transparent: Vec::new(),
+            dns: Vec::new(),
+        }
+    }
+
     /// Binds what the config names.
     pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
         let proxy = TcpListener::bind(config.proxy.listen)
@@ -35,6 +68,30 @@ impl Listeners {
                 addr: config.proxy.listen.to_string(),
                 source,
             })?;
+        let mut transparent = Vec::new();
+        if let Some(addr) = config.proxy.transparent {
+            transparent.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Bind {
+                        what: "proxy.transparent",
+                        addr: addr.to_string(),
+                        source,
+                    })?,
+            );
+        }
+        let mut dns = Vec::new();
+        if let Some(d) = &config.dns {
+            dns.push(
+                DnsListener::bind(d.listen)
+                    .await
+                    .map_err(|source| AppError::Bind {
+                        what: "dns.listen",
+                        addr: d.listen.to_string(),
+                        source,
+                    })?,
+            );
+        }
         let admin = match &config.admin.listen {
             ListenAddr::Tcp(a) => Some(AdminListener::Tcp(TcpListener::bind(a).await.map_err(
                 |source| AppError::Bind {
@@ -59,7 +116,13 @@ impl Listeners {
                 Some(AdminListener::Unix(l, p.clone()))
             }
         };
-        Ok(Listeners { proxy, admin })
+        Ok(Listeners {
+            proxy,
+            admin,
+            extra_proxy: Vec::new(),
+            transparent,
+            dns,
+        })
     }
 }
 

@@ -22,7 +22,9 @@ use crate::admin::guard::AdminTransport;
 use crate::admin::{AdminAuth, AdminCtx};
 use crate::config::Config;
 use crate::credential::Injector;
+use crate::frontend::dns::GuestResolver;
 use crate::frontend::listener::ProxyListener;
+use crate::frontend::transparent::TransparentListener;
 use crate::net::dial::{Connect, Resolve, SystemResolver, TcpConnector};
 use crate::observe::metrics::Metrics;
 use crate::rung::Ladder;
@@ -32,7 +34,7 @@ use crate::state::snapshot::CoverageError;
 use crate::state::{Shared, Snapshot, Sources};
 
 pub use ca::{check_files, export_ca, load_ca};
-pub use listeners::{AdminListener, Listeners};
+pub use listeners::{AdminListener, DnsListener, Listeners};
 
 /// Why the proxy could not be assembled. Every variant is a configuration or environment
 /// problem found before serving (exit code 1), except [`AppError::Bind`] and
@@ -84,7 +86,13 @@ pub struct App {
     reloader: Arc<Reloader>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// Where the transparent listeners and guest resolvers are bound.
+    pub transparent_addrs: Vec<SocketAddr>,
+    pub dns_addrs: Vec<SocketAddr>,
     proxy: tokio::net::TcpListener,
+    extra_proxy: Vec<tokio::net::TcpListener>,
+    transparent: Vec<tokio::net::TcpListener>,
+    dns: Vec<DnsListener>,
     admin: Option<AdminListener>,
     shared: Arc<Shared>,
     admin_ctx: Arc<AdminCtx>,
@@ -174,11 +182,26 @@ impl App {
             Some(AdminListener::Tcp(l)) => l.local_addr().ok(),
             _ => None,
         };
+        let transparent_addrs = listeners
+            .transparent
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let dns_addrs = listeners
+            .dns
+            .iter()
+            .filter_map(|l| l.udp.local_addr().ok())
+            .collect();
         Ok(App {
             reloader,
             proxy_addr,
             admin_addr,
+            transparent_addrs,
+            dns_addrs,
             proxy: listeners.proxy,
+            extra_proxy: listeners.extra_proxy,
+            transparent: listeners.transparent,
+            dns: listeners.dns,
             admin: listeners.admin,
             shared,
             admin_ctx,
@@ -205,7 +228,31 @@ impl App {
             shared: shared.clone(),
             ladder: self.ladder.clone(),
         };
-        let proxy_task = tokio::spawn(proxy.run());
+        let mut accept_tasks = vec![tokio::spawn(proxy.run())];
+        for listener in self.extra_proxy {
+            let l = ProxyListener {
+                listener,
+                shared: shared.clone(),
+                ladder: self.ladder.clone(),
+            };
+            accept_tasks.push(tokio::spawn(l.run()));
+        }
+        for listener in self.transparent {
+            let l = TransparentListener {
+                listener,
+                shared: shared.clone(),
+                ladder: self.ladder.clone(),
+            };
+            accept_tasks.push(tokio::spawn(l.run()));
+        }
+        for d in self.dns {
+            let r = GuestResolver {
+                udp: d.udp,
+                tcp: d.tcp,
+                shared: shared.clone(),
+            };
+            accept_tasks.push(tokio::spawn(r.run()));
+        }
         let admin_task = self
             .admin
             .map(|l| tokio::spawn(listeners::admin_loop(l, self.admin_ctx.clone())));
@@ -215,7 +262,9 @@ impl App {
         tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining");
         self.admin_ctx.ready.store(false, Ordering::SeqCst);
         shared.draining.cancel();
-        let _ = proxy_task.await;
+        for t in accept_tasks {
+            let _ = t.await;
+        }
         shared.tasks.close();
         if tokio::time::timeout(self.grace, shared.tasks.wait())
             .await

@@ -46,3 +46,8 @@ pub const SDS_CLUSTER: &str = "egress-edge";
 pub const HANDLE_MAX_TTL: Duration = Duration::from_secs(3600);
 pub const HANDLE_MAX_TTL_MIN: Duration = Duration::from_secs(1);
 pub const HANDLE_MAX_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// TTL of guest-resolver answers: short, so a policy change reaches guests quickly.
+pub const DNS_TTL: Duration = Duration::from_secs(30);
+pub const DNS_TTL_MAX: Duration = Duration::from_secs(300);
+/// Longest DNS label the guest resolver looks up for a name no rule names exactly.
+pub const DNS_MAX_LABEL_LEN: usize = 40;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::defaults;
 use super::raw::{self, DenyEntry, RawConfig};
 use super::{
-    AdminConfig, CaConfig, CaSource, Config, LogConfig, NetworkConfig, ProxyConfig, SdsConfig,
-    SdsTlsFiles, SecretsConfig, TlsServerFiles, UpstreamConfig, rules_from,
+    AdminConfig, CaConfig, CaSource, Config, DnsConfig, LogConfig, NetworkConfig, ProxyConfig,
+    SdsConfig, SdsTlsFiles, SecretsConfig, TlsServerFiles, UpstreamConfig, rules_from,
 };
 use crate::net::host::Host;
 use crate::net::netguard::AddressPolicy;
@@ -191,12 +191,17 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
     let (rules, destinations) = rules_from(raw.destinations)?;
     let default_rung = raw.default_rung.unwrap_or(Rung::Deny);
     let policy = Policy::new(rules, default_rung);
+    let dns = match raw.dns {
+        None => None,
+        Some(d) => Some(dns_from(d)?),
+    };
     let handle_max_ttl = dur(raw.handles.max_ttl, defaults::HANDLE_MAX_TTL);
     if !(defaults::HANDLE_MAX_TTL_MIN..=defaults::HANDLE_MAX_TTL_MAX).contains(&handle_max_ttl) {
         return err("handles.max_ttl", "must be between 1s and 7d");
     }
     let config = Config {
         handle_max_ttl,
+        dns,
         proxy,
         admin,
         log,
@@ -216,6 +221,7 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
 fn proxy_from(raw: raw::RawProxy) -> Located<ProxyConfig> {
     let proxy = ProxyConfig {
         listen: raw.listen.unwrap_or(defaults::PROXY_LISTEN),
+        transparent: raw.transparent,
         max_connections: raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
         max_header_bytes: raw.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES),
         header_read_timeout: dur(raw.header_read_timeout, defaults::HEADER_READ_TIMEOUT),
@@ -241,6 +247,21 @@ fn proxy_from(raw: raw::RawProxy) -> Located<ProxyConfig> {
         }
     }
     Ok(proxy)
+}
+
+fn dns_from(raw: raw::RawDns) -> Located<DnsConfig> {
+    let dns = DnsConfig {
+        listen: raw.listen,
+        ttl: dur(raw.ttl, defaults::DNS_TTL),
+        max_label_len: raw.max_label_len.unwrap_or(defaults::DNS_MAX_LABEL_LEN),
+    };
+    if dns.ttl.is_zero() || dns.ttl > defaults::DNS_TTL_MAX {
+        return err("dns.ttl", "must be between 1s and 5m");
+    }
+    if !(1..=63).contains(&dns.max_label_len) {
+        return err("dns.max_label_len", "must be between 1 and 63");
+    }
+    Ok(dns)
 }
 
 fn admin_from(raw: raw::RawAdmin) -> Located<AdminConfig> {

@@ -49,6 +49,8 @@ pub struct Config {
     pub secrets: Option<SecretsConfig>,
     #[serde(with = "humantime_serde_compat")]
     pub handle_max_ttl: Duration,
+    /// The guest resolver, when configured.
+    pub dns: Option<DnsConfig>,
     #[serde(skip)]
     pub policy: Policy,
     /// The destinations as configured, for `/v1/config`.
@@ -59,6 +61,8 @@ pub struct Config {
 #[derive(Clone, Debug, Serialize)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
+    /// The transparent listener, when configured.
+    pub transparent: Option<SocketAddr>,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     #[serde(with = "humantime_serde_compat")]
@@ -71,6 +75,14 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    pub max_label_len: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

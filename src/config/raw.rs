@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub secrets: Option<RawSecrets>,
     #[serde(default)]
     pub handles: RawHandles,
+    pub dns: Option<RawDns>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
     pub default_rung: Option<Rung>,
@@ -52,6 +53,8 @@ pub struct RawHandles {
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
     pub listen: Option<SocketAddr>,
+    /// Where TCP redirected by nftables (REDIRECT/DNAT) arrives.
+    pub transparent: Option<SocketAddr>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub header_read_timeout: Option<Dur>,
@@ -59,6 +62,17 @@ pub struct RawProxy {
     pub handshake_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
     pub shutdown_grace: Option<Dur>,
+}
+
+/// The guest resolver (`dns:`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub listen: SocketAddr,
+    /// TTL of the answers given to guests (default 30s).
+    pub ttl: Option<Dur>,
+    /// Longest label answered for a name not named exactly by a rule (default 40).
+    pub max_label_len: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

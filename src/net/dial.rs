@@ -65,6 +65,8 @@ impl Connect for TcpConnector {
 pub enum DialError {
     #[error("{host} resolves to {}, which is in denied range {}", .denied.addr, .denied.by)]
     AddressDenied { host: String, denied: Denied },
+    #[error("the connection to {host} was addressed to {addr}, which {host} does not resolve to")]
+    AddressMismatch { host: String, addr: IpAddr },
     #[error("cannot resolve {host}: {source}")]
     Resolve { host: String, source: io::Error },
     #[error("{host} resolved to no address")]
@@ -152,6 +154,57 @@ impl Dialer {
                 })?;
         }
         Ok(ips)
+    }
+
+    /// Destination binding for connections the guest addressed itself (transparent mode):
+    /// `addr` must be an address the proxy resolves `host` to, or one the guest resolver gave
+    /// out for it (`answered`, vetted when answered); either way it is checked against the
+    /// address policy again here.
+    pub async fn vet_bound(
+        &self,
+        host: &Host,
+        addr: IpAddr,
+        answered: bool,
+    ) -> Result<(), DialError> {
+        let shown = host.to_string();
+        self.addresses
+            .check(addr)
+            .map_err(|denied| DialError::AddressDenied {
+                host: shown.clone(),
+                denied,
+            })?;
+        if answered {
+            return Ok(());
+        }
+        if self.vet(host).await?.contains(&addr) {
+            Ok(())
+        } else {
+            Err(DialError::AddressMismatch { host: shown, addr })
+        }
+    }
+
+    /// [`Dialer::vet_bound`], then connects to exactly `addr`: the proxy dials the address it
+    /// vetted, never another one the name also resolves to.
+    pub async fn dial_bound(
+        &self,
+        host: &Host,
+        addr: SocketAddr,
+        answered: bool,
+    ) -> Result<Dialed, DialError> {
+        self.vet_bound(host, addr.ip(), answered).await?;
+        let shown = host.to_string();
+        match tokio::time::timeout(self.connect_timeout, self.connector.connect(addr)).await {
+            Ok(Ok(stream)) => Ok(Dialed { stream, addr }),
+            Ok(Err(source)) => Err(DialError::Connect {
+                host: shown,
+                addr,
+                source,
+            }),
+            Err(_) => Err(DialError::Timeout {
+                host: shown,
+                timeout: self.connect_timeout,
+            }),
+        }
     }
 
     /// Vets `host` and connects to the first vetted address that answers, within the connect

@@ -5,6 +5,7 @@
 //! [`Snapshot::build`] and swaps it in, so a connection that took a snapshot keeps the decision
 //! it was made with. This folder holds state; it does not serve traffic.
 
+pub mod answers;
 pub mod reload;
 pub mod snapshot;
 
@@ -18,6 +19,10 @@ use tokio_util::task::TaskTracker;
 use crate::observe::metrics::Metrics;
 
 pub use snapshot::{Snapshot, Sources};
+
+/// How long a guest-resolver answer binds a name to its addresses: well past any TTL given
+/// out (`dns.ttl` is at most 5 minutes), since clients cache answers longer than told.
+const ANSWERS_KEPT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Denies new egress and closes open tunnels while enabled.
 #[derive(Debug, Default)]
@@ -63,6 +68,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
     pub metrics: Metrics,
+    /// What the guest resolver gave out, for the transparent listener's destination binding.
+    pub answers: answers::GuestAnswers,
 }
 
 impl Shared {
@@ -74,6 +81,7 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics,
+            answers: answers::GuestAnswers::new(ANSWERS_KEPT),
         }
     }
 

@@ -319,13 +319,13 @@ async fn unix_socket_admin_skips_the_host_check_only() {
         "test",
     )
     .unwrap();
-    let listeners = Listeners {
-        proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: Some(AdminListener::Unix(
+    let listeners = Listeners::new(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Some(AdminListener::Unix(
             tokio::net::UnixListener::bind(&sock).unwrap(),
             sock.clone(),
         )),
-    };
+    );
     let app = App::build(config, listeners, BuildOptions::default())
         .await
         .unwrap();

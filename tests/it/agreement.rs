@@ -58,10 +58,7 @@ fn yaml(
 /// Builds (and drops) an app from `text`: the startup path.
 async fn startup(text: &str) -> Result<App, String> {
     let config = parse_str(text, "agreement.yaml").map_err(|e| e.to_string())?;
-    let listeners = Listeners {
-        proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: None,
-    };
+    let listeners = Listeners::new(TcpListener::bind("127.0.0.1:0").await.unwrap(), None);
     App::build(config, listeners, BuildOptions::default())
         .await
         .map_err(|e| e.to_string())

@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "admin",
     "cli",
     "app",
+    "jail",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -55,10 +55,7 @@ impl Proxy {
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let listeners = Listeners {
-            proxy,
-            admin: Some(AdminListener::Tcp(admin)),
-        };
+        let listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
         let app = App::build(config, listeners, opts)
             .await
             .map_err(|e| e.to_string())?;

@@ -287,6 +287,14 @@ pub fn ws_accept(key: &str) -> String {
 /// Starts an upstream on 127.0.0.1:0: TLS when `tls` is given, plain HTTP otherwise.
 pub async fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_upstream_on(l, tls)
+}
+
+/// Serves the test upstream on a listener the caller bound (for example inside a namespace).
+pub fn start_upstream_on(
+    l: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Arc<Seen>) {
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let seen2 = seen.clone();
