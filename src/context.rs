@@ -46,14 +46,22 @@ pub enum Via {
     Connect,
     /// An absolute-form `http://host:port/...` request on the explicit listener.
     Absolute,
+    /// A redirected connection on the transparent listener whose TLS ClientHello named the
+    /// host (SNI).
+    TransparentTls,
+    /// A plain-HTTP request on the transparent listener, named by its `Host`.
+    TransparentHttp,
+    /// A redirected connection that is neither TLS nor HTTP: the host is the original
+    /// destination address.
+    TransparentOpaque,
 }
 
 impl Via {
     /// The scheme the policy matches ports with.
     pub fn scheme(self) -> Scheme {
         match self {
-            Via::Connect => Scheme::Connect,
-            Via::Absolute => Scheme::Http,
+            Via::Connect | Via::TransparentTls | Via::TransparentOpaque => Scheme::Connect,
+            Via::Absolute | Via::TransparentHttp => Scheme::Http,
         }
     }
 }

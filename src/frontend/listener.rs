@@ -1,6 +1,6 @@
 //! Accepting guest connections and serving HTTP/1.1 proxy requests on them.
 //!
-//! Enforces the connection limit (refusing the excess with a `proxy_overloaded` body rather
+//! Enforces the connection limit, shared with the transparent listener (refusing the excess with a `proxy_overloaded` body rather
 //! than leaving it in the backlog) and the header read timeout, bounds hyper's header buffer
 //! at `max_header_bytes` (the exact header-section count is `forward_proxy`'s), and
 //! drains on shutdown: stop accepting, let in-flight requests finish, close idle keep-alive
@@ -14,7 +14,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::context::{ConnCtx, Identity};
 use crate::frontend::forward_proxy;
@@ -33,8 +32,6 @@ pub struct ProxyListener {
 impl ProxyListener {
     /// Accepts until `shared.draining` fires.
     pub async fn run(self) {
-        let max = self.shared.snapshot().config.proxy.max_connections;
-        let slots = Arc::new(Semaphore::new(max));
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -50,7 +47,7 @@ impl ProxyListener {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
                 self.shared.metrics.refusal(Kind::Overloaded);
                 self.shared.tasks.spawn(overloaded(stream));
                 continue;

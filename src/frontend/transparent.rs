@@ -1,12 +1,38 @@
-//! The transparent listener: placeholder.
+//! The transparent listener (`proxy.transparent`): TCP connections that nftables redirected
+//! here (REDIRECT or DNAT) from guests that do not know about the proxy.
+//!
+//! For each connection it recovers the original destination (`SO_ORIGINAL_DST`, or
+//! `IP6T_SO_ORIGINAL_DST` for IPv6, through `socket2`), then sniffs the first bytes: a TLS
+//! ClientHello names the host by its SNI (no SNI: refused), plain HTTP by each request's
+//! `Host`, and anything else is an opaque connection whose host is the original address. The
+//! result is a [`Target`] that goes through the same admission and ladder as a CONNECT; the
+//! ladder binds the original destination to the host (`address_mismatch`) and dials only the
+//! address it vetted. A connection that was not redirected (its original destination is the
+//! listener itself) is refused, so the listener cannot be used to loop.
+//!
+//! This module recovers and sniffs; it does not decide policy and never dials.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::rung::Ladder;
+use crate::body::Body;
+use crate::context::{ConnCtx, Identity, ReqCtx, Target, Via};
+use crate::observe::access_log::{Outcome, Unit};
+use crate::refusal::{self, Kind};
+use crate::rung::sni::{self, HelloError};
+use crate::rung::{self, Ladder, head};
 use crate::state::Shared;
 
+/// The transparent listener and what its connections are served with.
 #[derive(Debug)]
 pub struct TransparentListener {
     pub listener: TcpListener,
@@ -14,8 +40,366 @@ pub struct TransparentListener {
     pub ladder: Arc<Ladder>,
 }
 
+/// What the first bytes of a redirected connection say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sniffed {
+    Tls,
+    Http,
+    /// Neither, or nothing sent in time (a protocol where the server speaks first).
+    Opaque,
+    Closed,
+}
+
+/// Longest HTTP method token looked for.
+const MAX_METHOD: usize = 16;
+
+/// Classifies a connection by its first bytes: a TLS handshake record, an HTTP request line
+/// (an uppercase method token and a space), or anything else. `None`: not enough bytes yet.
+fn classify(first: &[u8]) -> Option<Sniffed> {
+    match first.first()? {
+        0x16 => return Some(Sniffed::Tls),
+        b'A'..=b'Z' => {}
+        _ => return Some(Sniffed::Opaque),
+    }
+    for (i, b) in first.iter().enumerate().take(MAX_METHOD + 1) {
+        match b {
+            b'A'..=b'Z' => {}
+            b' ' if i > 0 => return Some(Sniffed::Http),
+            _ => return Some(Sniffed::Opaque),
+        }
+    }
+    if first.len() > MAX_METHOD {
+        Some(Sniffed::Opaque)
+    } else {
+        None
+    }
+}
+
+/// Peeks (without consuming) until [`classify`] can tell, the guest closes, or `timeout`.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
+    let look = async {
+        let mut buf = [0u8; MAX_METHOD + 1];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return Sniffed::Closed,
+                Ok(n) => {
+                    if let Some(s) = classify(&buf[..n]) {
+                        return s;
+                    }
+                }
+            }
+            // peek returns at once while the bytes are unchanged: wait for more briefly.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(timeout, look)
+        .await
+        .unwrap_or(Sniffed::Opaque)
+}
+
 impl TransparentListener {
+    /// Accepts until `shared.draining` fires.
     pub async fn run(self) {
-        self.shared.draining.cancelled().await;
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = self.shared.draining.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "transparent accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
+                // No HTTP to answer with before sniffing: close, and count it.
+                self.shared.metrics.refusal(Kind::Overloaded);
+                drop(stream);
+                continue;
+            };
+            let conn = Arc::new(ConnCtx {
+                shared: self.shared.clone(),
+                client: peer,
+                permit: Arc::new(permit),
+                identity: Identity::Anonymous,
+            });
+            self.shared
+                .tasks
+                .spawn(serve(stream, conn, self.ladder.clone()));
+        }
+    }
+}
+
+/// The destination the guest's connection was addressed to before it was redirected.
+pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr()?;
+    // A dual-stack socket carries IPv4 connections as v4-mapped addresses: ask in the family
+    // the connection really is, then the other.
+    let v4_first = match local {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let (first, second) = if v4_first {
+        (sock.original_dst_v4(), None)
+    } else {
+        (sock.original_dst_v6(), Some(()))
+    };
+    let addr = match (first, second) {
+        (Ok(a), _) => a,
+        (Err(_), Some(())) => sock.original_dst_v4()?,
+        (Err(e), None) => return Err(e),
+    };
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("the original destination is not an IP address"))?;
+    Ok(unmapped(addr))
+}
+
+/// v4-mapped IPv6 as IPv4, so policy, binding and logs see one form.
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, ladder: Arc<Ladder>) {
+    let start = Instant::now();
+    let snap = conn.shared.snapshot();
+    let timeout = snap.config.proxy.handshake_timeout;
+    let original = match original_destination(&stream) {
+        Ok(o) if Some(o) != stream.local_addr().ok().map(unmapped) => o,
+        found => {
+            // Not redirected: the guest connected to the listener itself.
+            let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
+            ctx.ev().original_dst = found.as_ref().ok().copied();
+            let cause = match found {
+                Ok(_) => "the connection was made to the transparent listener itself, not redirected to it".to_owned(),
+                Err(e) => format!("no original destination (was the connection redirected by nftables?): {e}"),
+            };
+            let _ = ctx.deny(Kind::BadRequest, cause);
+            return;
+        }
+    };
+    match sniff(&stream, timeout).await {
+        Sniffed::Tls => tls(stream, conn, ladder, original, start).await,
+        Sniffed::Http => http(stream, conn, original).await,
+        Sniffed::Opaque => {
+            let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
+            ctx.ev().original_dst = Some(original);
+            let target = Target {
+                via: Via::TransparentOpaque,
+                host: original.ip().to_string(),
+                port: original.port(),
+            };
+            match rung::admit(&mut ctx, &target) {
+                Ok(_) => ladder.opaque(ctx, stream, original).await,
+                Err(r) => {
+                    let _ = ctx.refuse(&r);
+                }
+            }
+        }
+        Sniffed::Closed => {
+            let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
+            ctx.ev().original_dst = Some(original);
+            ctx.ev().host = original.ip().to_string();
+            ctx.ev().port = original.port();
+            ctx.access.finish(Outcome::GuestClosed);
+        }
+    }
+}
+
+/// A redirected TLS connection: the ClientHello's SNI names the host.
+async fn tls(
+    mut stream: TcpStream,
+    conn: Arc<ConnCtx>,
+    ladder: Arc<Ladder>,
+    original: SocketAddr,
+    start: Instant,
+) {
+    let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
+    ctx.ev().original_dst = Some(original);
+    ctx.ev().host = original.ip().to_string();
+    ctx.ev().port = original.port();
+    ctx.port = original.port();
+    let timeout = ctx.snap.config.proxy.handshake_timeout;
+    let hello = match sni::read_client_hello(&mut stream, timeout).await {
+        Ok(h) => h,
+        Err(e) => {
+            let outcome = match e {
+                HelloError::Timeout(_) => Outcome::HandshakeTimeout,
+                HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
+                HelloError::TooLarge | HelloError::NotTls(_) => {
+                    let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
+                    Outcome::NotTls
+                }
+            };
+            ctx.ev().error = Some(e.to_string());
+            return ctx.access.finish(outcome);
+        }
+    };
+    ctx.ev().sni = hello.server_name.clone();
+    let Some(name) = hello.server_name.clone() else {
+        let r = ctx.refusal(Kind::SniMismatch).with_cause(
+            "the ClientHello carries no server name (SNI), so the destination is unknown",
+        );
+        let _ = ctx.refuse(&r);
+        let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
+        return;
+    };
+    let target = Target {
+        via: Via::TransparentTls,
+        host: name,
+        port: original.port(),
+    };
+    let host = match rung::admit(&mut ctx, &target) {
+        Ok(h) => h,
+        Err(r) => {
+            let _ = ctx.refuse(&r);
+            let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    ladder.transparent(ctx, host, stream, original, hello).await;
+}
+
+/// A redirected plain-HTTP connection: HTTP/1.1 served here, each request named by its
+/// `Host` and bound to the original destination.
+async fn http(stream: TcpStream, conn: Arc<ConnCtx>, original: SocketAddr) {
+    let cfg = conn.shared.snapshot().config.clone();
+    let shared = conn.shared.clone();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.proxy.header_read_timeout)
+        .max_buf_size(cfg.proxy.max_header_bytes)
+        .keep_alive(true);
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(request(req, conn, original).await) }
+    });
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    tokio::select! {
+        r = served.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "transparent HTTP connection ended with an error");
+            }
+        }
+        () = shared.draining.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = served.as_mut() => {}
+                () = shared.hard_stop.cancelled() => {}
+            }
+        }
+    }
+}
+
+/// The host a transparent HTTP request names: the authority of an absolute-form target, else
+/// the `Host` header (its port is ignored: the original destination's port is the port).
+fn named_host(req: &Request<Incoming>) -> Result<String, &'static str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .ok_or("the request has no Host header, so the destination is unknown")?
+            .to_str()
+            .map_err(|_| "the Host header is not valid text")?
+            .to_owned(),
+    };
+    let authority: http::uri::Authority = raw.parse().map_err(|_| "the Host is malformed")?;
+    if authority.as_str().contains('@') {
+        return Err("the Host carries userinfo (`user@host`)");
+    }
+    Ok(authority.host().to_owned())
+}
+
+async fn request(
+    req: Request<Incoming>,
+    conn: Arc<ConnCtx>,
+    original: SocketAddr,
+) -> Response<Body> {
+    let start = Instant::now();
+    let mut ctx = ReqCtx::new(conn, Unit::Request, start);
+    ctx.ev().original_dst = Some(original);
+    ctx.ev().method = Some(req.method().to_string());
+    ctx.ev().host = original.ip().to_string();
+    ctx.port = original.port();
+    ctx.ev().port = original.port();
+    if req.method() == Method::CONNECT {
+        return ctx.deny(
+            Kind::BadRequest,
+            "CONNECT reached the transparent listener; send it to the explicit proxy",
+        );
+    }
+    let name = match named_host(&req) {
+        Ok(n) => n,
+        Err(cause) => return ctx.deny(Kind::BadRequest, cause),
+    };
+    if let Err(cause) = head::check(&req, ctx.snap.config.proxy.max_header_bytes) {
+        return ctx.deny(Kind::HeadersTooLarge, cause);
+    }
+    let target = Target {
+        via: Via::TransparentHttp,
+        host: name,
+        port: original.port(),
+    };
+    let host = match rung::admit(&mut ctx, &target) {
+        Ok(h) => h,
+        Err(r) => return ctx.refuse(&r),
+    };
+    let answered = ctx
+        .shared()
+        .answers
+        .answered(&host.to_string(), original.ip());
+    let dialer = ctx.snap.dialer.clone();
+    if let Err(e) = dialer.vet_bound(&host, original.ip(), answered).await {
+        let r = refusal::from_dial(&e, ctx.host(), ctx.port, ctx.rule_id());
+        return ctx.refuse(&r);
+    }
+    rung::plain::relay(ctx, host, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_are_classified() {
+        let cases: &[(&[u8], Option<Sniffed>)] = &[
+            (b"\x16\x03\x01", Some(Sniffed::Tls)),
+            (b"\x16", Some(Sniffed::Tls)),
+            (b"GET / HTTP/1.1\r\n", Some(Sniffed::Http)),
+            (b"POST /x", Some(Sniffed::Http)),
+            (b"PRI * HTTP/2.0", Some(Sniffed::Http)),
+            (b"OPTIONS ", Some(Sniffed::Http)),
+            (b"GE", None),
+            (b"", None),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", Some(Sniffed::Opaque)),
+            (b"get / HTTP/1.1", Some(Sniffed::Opaque)),
+            (b" GET", Some(Sniffed::Opaque)),
+            (b"\x00\x00", Some(Sniffed::Opaque)),
+            (b"\x15\x03\x03", Some(Sniffed::Opaque)),
+            (b"AAAAAAAAAAAAAAAAAAAA", Some(Sniffed::Opaque)),
+            (b"AAAAAAAAAAAAAAAA ", Some(Sniffed::Http)),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                classify(bytes),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 }

@@ -23,6 +23,8 @@ pub mod fields {
     pub const PORT: &str = "port";
     pub const SNI: &str = "sni";
     pub const RESOLVED: &str = "resolved";
+    /// Transparent listener: where the guest's connection was addressed.
+    pub const ORIGINAL_DST: &str = "original_dst";
     pub const RUNG: &str = "rung";
     pub const RULE: &str = "rule";
     pub const METHOD: &str = "method";
@@ -144,6 +146,8 @@ pub struct AccessEvent {
     pub port: u16,
     pub sni: Option<String>,
     pub resolved: Option<SocketAddr>,
+    /// Transparent listener: the connection's original destination (`SO_ORIGINAL_DST`).
+    pub original_dst: Option<SocketAddr>,
     pub rung: Option<Rung>,
     pub rule: Option<String>,
     pub method: Option<String>,
@@ -170,6 +174,7 @@ impl AccessEvent {
             port,
             sni: None,
             resolved: None,
+            original_dst: None,
             rung: None,
             rule: None,
             method: None,
@@ -199,6 +204,7 @@ impl AccessEvent {
             port = self.port,
             sni = guest(&self.sni),
             resolved = self.resolved.map(|a| a.to_string()).unwrap_or_default(),
+            original_dst = self.original_dst.map(|a| a.to_string()).unwrap_or_default(),
             rung = self.rung.map(Rung::as_str).unwrap_or(""),
             rule = opt(&self.rule),
             method = guest(&self.method),
@@ -264,6 +270,7 @@ mod tests {
             fields::PORT,
             fields::SNI,
             fields::RESOLVED,
+            fields::ORIGINAL_DST,
             fields::RUNG,
             fields::RULE,
             fields::METHOD,

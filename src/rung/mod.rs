@@ -2,8 +2,11 @@
 //! pass-through (SNI check, then bytes spliced unchanged), bump (guest TLS terminated, each
 //! request re-originated) or a plain-HTTP relay.
 //!
-//! A frontend calls [`admit`] and then [`Ladder::tunnel`] (CONNECT) or [`plain::relay`]
-//! (absolute-form). [`head`] measures a request's header section against
+//! A frontend calls [`admit`] and then [`Ladder::tunnel`] (CONNECT),
+//! [`Ladder::transparent`] (a redirected TLS connection), [`Ladder::opaque`] (a redirected
+//! connection that is neither TLS nor HTTP) or [`plain::relay`] (absolute-form and
+//! transparent HTTP). For connections the guest addressed itself, the original destination
+//! must be one the proxy resolves the host to (destination binding, `address_mismatch`). [`head`] measures a request's header section against
 //! `proxy.max_header_bytes` the same way for frontends and bumped requests. Rungs do not
 //! parse guest requests (frontends do), do not decide policy (the policy does, once, in
 //! `admit`) and dial only through the snapshot's dialer.
@@ -12,21 +15,28 @@ pub mod bump;
 pub mod head;
 pub mod passthrough;
 pub mod plain;
+mod prefixed;
 mod relay;
 pub mod sni;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use http::{Response, StatusCode};
 
 use crate::body::{Body, full};
 use crate::context::{ReqCtx, Target};
 use crate::net::host::Host;
-use crate::observe::access_log::Unit;
+use crate::observe::access_log::{Outcome, Unit};
 use crate::policy::Rung;
 use crate::refusal::{self, Kind, Refusal};
 use bump::Bumper;
+use hyper_util::rt::TokioIo;
+use sni::PeekedHello;
 
 pub use relay::relay;
 
@@ -84,7 +94,11 @@ impl Ladder {
                     return ctx.refuse(&r);
                 }
                 let tasks = ctx.shared().tasks.clone();
-                tasks.spawn(bumper.session(ctx, host, decision, on_upgrade));
+                tasks.spawn(async move {
+                    if let Some((ctx, guest)) = upgraded(ctx, on_upgrade).await {
+                        bumper.session(ctx, host, decision, guest).await;
+                    }
+                });
                 established()
             }
             Rung::Passthrough => {
@@ -101,7 +115,12 @@ impl Ladder {
                     .connect_latency(Rung::Passthrough, t0.elapsed().as_secs_f64());
                 ctx.ev().resolved = Some(dialed.addr);
                 let tasks = ctx.shared().tasks.clone();
-                tasks.spawn(passthrough::run(ctx, decision, on_upgrade, dialed.stream));
+                tasks.spawn(async move {
+                    if let Some((ctx, guest)) = upgraded(ctx, on_upgrade).await {
+                        let opening = passthrough::Opening::ReadHello;
+                        passthrough::run(ctx, decision, guest, dialed.stream, opening).await;
+                    }
+                });
                 established()
             }
             // `admit` already refused deny; kept total so a future rung cannot slip through.
@@ -109,6 +128,122 @@ impl Ladder {
                 let r = ctx.refusal(Kind::DestinationDenied);
                 ctx.refuse(&r)
             }
+        }
+    }
+}
+
+impl Ladder {
+    /// Carries an admitted transparent TLS connection whose ClientHello (`hello`, already
+    /// read) named `host`: binds the original destination to the host, then opens a
+    /// pass-through to exactly that address or bumps. Refusals end the unit and send the guest
+    /// a TLS alert.
+    pub async fn transparent(
+        &self,
+        mut ctx: ReqCtx,
+        host: Host,
+        mut guest: TcpStream,
+        original: SocketAddr,
+        hello: PeekedHello,
+    ) {
+        let Some(decision) = ctx.decision.clone() else {
+            let _ = ctx.deny(Kind::DestinationDenied, "not admitted");
+            return;
+        };
+        let answered = ctx
+            .shared()
+            .answers
+            .answered(&host.to_string(), original.ip());
+        let dialer = ctx.snap.dialer.clone();
+        match decision.rung {
+            Rung::Bump => {
+                ctx.ev().unit = Unit::Bumped;
+                if let Err(e) = dialer.vet_bound(&host, original.ip(), answered).await {
+                    return refuse_tls(ctx, &e, guest).await;
+                }
+                let guest = prefixed::Prefixed::new(hello.bytes, guest);
+                self.bump.clone().session(ctx, host, decision, guest).await;
+            }
+            Rung::Passthrough => {
+                let t0 = Instant::now();
+                let dialed = match dialer.dial_bound(&host, original, answered).await {
+                    Ok(d) => d,
+                    Err(e) => return refuse_tls(ctx, &e, guest).await,
+                };
+                ctx.shared()
+                    .metrics
+                    .connect_latency(Rung::Passthrough, t0.elapsed().as_secs_f64());
+                ctx.ev().resolved = Some(dialed.addr);
+                let opening = passthrough::Opening::Hello(hello);
+                passthrough::run(ctx, decision, guest, dialed.stream, opening).await;
+            }
+            Rung::Deny => {
+                let r = ctx.refusal(Kind::DestinationDenied);
+                let _ = ctx.refuse(&r);
+                let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+            }
+        }
+    }
+
+    /// Carries an admitted redirected connection that is neither TLS nor HTTP: only a rule
+    /// naming the address (not the default rung) lets raw TCP through, as a pass-through to
+    /// exactly the original destination. A refusal closes the connection.
+    pub async fn opaque(&self, mut ctx: ReqCtx, guest: TcpStream, original: SocketAddr) {
+        let Some(decision) = ctx.decision.clone() else {
+            let _ = ctx.deny(Kind::DestinationDenied, "not admitted");
+            return;
+        };
+        if decision.rule.is_none() || decision.rung != Rung::Passthrough {
+            let _ = ctx.deny(
+                Kind::DestinationDenied,
+                "the connection is neither TLS nor HTTP; raw TCP needs a pass-through rule naming this address and port",
+            );
+            return;
+        }
+        let host = Host::Ip(original.ip());
+        let t0 = Instant::now();
+        let dialed = match ctx
+            .snap
+            .dialer
+            .clone()
+            .dial_bound(&host, original, false)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                let r = refusal::from_dial(&e, ctx.host(), ctx.port, ctx.rule_id());
+                let _ = ctx.refuse(&r);
+                return;
+            }
+        };
+        ctx.shared()
+            .metrics
+            .connect_latency(Rung::Passthrough, t0.elapsed().as_secs_f64());
+        ctx.ev().resolved = Some(dialed.addr);
+        let opening = passthrough::Opening::Opaque;
+        passthrough::run(ctx, decision, guest, dialed.stream, opening).await;
+    }
+}
+
+/// Ends a transparent TLS unit refused at dial time: counted and logged like any refusal,
+/// and the guest's TLS stack gets a fatal `access_denied` alert instead of a reset.
+async fn refuse_tls(ctx: ReqCtx, e: &crate::net::dial::DialError, mut guest: TcpStream) {
+    let r = refusal::from_dial(e, ctx.host(), ctx.port, ctx.rule_id());
+    let _ = ctx.refuse(&r);
+    let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+    let _ = guest.shutdown().await;
+}
+
+/// The CONNECT's upgraded connection, or the unit finished as `upgrade_failed`.
+async fn upgraded(
+    mut ctx: ReqCtx,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<(ReqCtx, TokioIo<hyper::upgrade::Upgraded>)> {
+    match on_upgrade.await {
+        Ok(u) => Some((ctx, TokioIo::new(u))),
+        Err(e) => {
+            ctx.ev().error = Some(e.to_string());
+            ctx.access.finish(Outcome::UpgradeFailed);
+            None
         }
     }
 }

@@ -1,27 +1,42 @@
 //! The pass-through rung: after the CONNECT is answered, read the guest's ClientHello, check
 //! its SNI falls under the rule that allowed the CONNECT host, then splice bytes unchanged.
+//! On the transparent listener the frontend has already read the hello (the SNI named the
+//! host), so this stage forwards those bytes first and splices the rest.
 //!
 //! The upstream connection was opened (and its address vetted) before the 200, by the ladder.
 //! This stage never terminates TLS and never looks at bytes after the ClientHello.
 
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::context::ReqCtx;
 use crate::observe::access_log::Outcome;
 use crate::policy::Decision;
 use crate::refusal::Kind;
-use crate::rung::sni::{self, HelloError};
+use crate::rung::sni::{self, HelloError, PeekedHello};
 use crate::upstream::tunnel::{self, Stops};
 
+/// What the guest's first bytes are, as far as the frontend read them.
+#[derive(Debug)]
+pub enum Opening {
+    /// Nothing read yet: read the ClientHello and check its SNI (CONNECT).
+    ReadHello,
+    /// The ClientHello, already read and its SNI admitted by the frontend.
+    Hello(PeekedHello),
+    /// Not TLS: splice whatever comes, unread (an allowed raw TCP destination).
+    Opaque,
+}
+
 /// Runs one pass-through tunnel to completion and logs it.
-pub async fn run(
+pub async fn run<G>(
     ctx: ReqCtx,
     decision: Decision,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut guest: G,
     mut upstream: TcpStream,
-) {
+    opening: Opening,
+) where
+    G: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ReqCtx {
         conn,
         snap,
@@ -31,42 +46,45 @@ pub async fn run(
         ..
     } = ctx;
     let shared = &conn.shared;
-    let mut guest = match on_upgrade.await {
-        Ok(u) => TokioIo::new(u),
-        Err(e) => {
-            access.ev.error = Some(e.to_string());
-            return access.finish(Outcome::UpgradeFailed);
+    let first = match opening {
+        Opening::Opaque => Vec::new(),
+        Opening::Hello(hello) => hello.bytes,
+        Opening::ReadHello => {
+            let hello =
+                match sni::read_client_hello(&mut guest, snap.config.proxy.handshake_timeout).await
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let outcome = match e {
+                            HelloError::Timeout(_) => Outcome::HandshakeTimeout,
+                            HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
+                            HelloError::TooLarge | HelloError::NotTls(_) => {
+                                let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+                                Outcome::NotTls
+                            }
+                        };
+                        access.ev.error = Some(e.to_string());
+                        return access.finish(outcome);
+                    }
+                };
+            access.ev.sni = hello.server_name.clone();
+            if let Err(cause) = sni::check(&snap, hello.server_name.as_deref(), port, &decision) {
+                let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+                let _ = guest.shutdown().await;
+                shared.metrics.refusal(Kind::SniMismatch);
+                access.ev.error = Some(cause);
+                return access.finish(Outcome::SniMismatch);
+            }
+            hello.bytes
         }
     };
-    let hello = match sni::read_client_hello(&mut guest, snap.config.proxy.handshake_timeout).await
-    {
-        Ok(h) => h,
-        Err(e) => {
-            let outcome = match e {
-                HelloError::Timeout(_) => Outcome::HandshakeTimeout,
-                HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
-                HelloError::TooLarge | HelloError::NotTls(_) => {
-                    let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
-                    Outcome::NotTls
-                }
-            };
+    if !first.is_empty() {
+        if let Err(e) = upstream.write_all(&first).await {
             access.ev.error = Some(e.to_string());
-            return access.finish(outcome);
+            return access.finish(Outcome::UpstreamConnect);
         }
-    };
-    access.ev.sni = hello.server_name.clone();
-    if let Err(cause) = sni::check(&snap, hello.server_name.as_deref(), port, &decision) {
-        let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
-        let _ = guest.shutdown().await;
-        shared.metrics.refusal(Kind::SniMismatch);
-        access.ev.error = Some(cause);
-        return access.finish(Outcome::SniMismatch);
     }
-    if let Err(e) = upstream.write_all(&hello.bytes).await {
-        access.ev.error = Some(e.to_string());
-        return access.finish(Outcome::UpstreamConnect);
-    }
-    access.ev.bytes_up = hello.bytes.len() as u64;
+    access.ev.bytes_up = first.len() as u64;
     let stops = Stops {
         idle: snap.config.proxy.idle_timeout,
         shutdown: shared.hard_stop.clone(),

@@ -70,11 +70,17 @@ pub struct Shared {
     pub metrics: Metrics,
     /// What the guest resolver gave out, for the transparent listener's destination binding.
     pub answers: answers::GuestAnswers,
+    /// Guest connections open at once, over every guest listener (`proxy.max_connections`).
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Metrics) -> Shared {
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            snapshot.config.proxy.max_connections,
+        ));
         Shared {
+            slots,
             current: ArcSwap::from_pointee(snapshot),
             kill: KillSwitch::default(),
             draining: CancellationToken::new(),

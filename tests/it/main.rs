@@ -17,3 +17,4 @@ mod layering;
 mod metrics;
 mod reload;
 mod sdk;
+mod transparent;

@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use rustls::server::{Acceptor, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, server::ProducesTickets};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::defaults;
@@ -129,14 +130,13 @@ impl Bumper {
         Ok(cfg)
     }
 
-    /// Runs one bumped CONNECT session to completion and logs it.
-    pub async fn session(
-        self: Arc<Self>,
-        ctx: ReqCtx,
-        host: Host,
-        decision: Decision,
-        on_upgrade: hyper::upgrade::OnUpgrade,
-    ) {
+    /// Runs one bump session to completion and logs it. `guest` is the guest's connection
+    /// positioned at its ClientHello (a CONNECT's upgraded stream, or a transparent
+    /// connection with the hello the frontend read put back in front).
+    pub async fn session<G>(self: Arc<Self>, ctx: ReqCtx, host: Host, decision: Decision, guest: G)
+    where
+        G: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let ReqCtx {
             conn,
             snap,
@@ -146,13 +146,6 @@ impl Bumper {
             ..
         } = ctx;
         let shared = conn.shared.clone();
-        let guest = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => {
-                access.ev.error = Some(e.to_string());
-                return access.finish(Outcome::UpgradeFailed);
-            }
-        };
         let timeout = snap.config.proxy.handshake_timeout;
         let accept = LazyConfigAcceptor::new(Acceptor::default(), guest);
         let start_hs = match tokio::time::timeout(timeout, accept).await {

@@ -15,6 +15,13 @@ use super::clients::{http_get, json};
 use super::pki::{Pki, server_config};
 use super::upstream::{Seen, start_upstream};
 
+/// Listeners a test binds itself and hands to the proxy besides the explicit one.
+#[derive(Default)]
+pub struct Extra {
+    pub transparent: Vec<TcpListener>,
+    pub dns: Vec<egress_edge::app::DnsListener>,
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -37,11 +44,25 @@ impl Proxy {
     }
 
     pub async fn try_start_with(yaml: &str, opts: BuildOptions) -> Result<Proxy, String> {
+        Proxy::try_start_full(yaml, opts, Extra::default()).await
+    }
+
+    /// Like [`Proxy::start_with`], with transparent listeners and guest resolvers the test
+    /// bound itself (for example inside a network namespace).
+    pub async fn start_full(yaml: &str, opts: BuildOptions, extra: Extra) -> Proxy {
+        Proxy::try_start_full(yaml, opts, extra).await.unwrap()
+    }
+
+    pub async fn try_start_full(
+        yaml: &str,
+        opts: BuildOptions,
+        extra: Extra,
+    ) -> Result<Proxy, String> {
         let state = tempfile::tempdir().unwrap();
         let text = yaml.replace("STATE_DIR", state.path().join("state").to_str().unwrap());
         let config_path = state.path().join("config.yaml");
         std::fs::write(&config_path, &text).unwrap();
-        Proxy::launch(state, config_path, opts).await
+        Proxy::launch(state, config_path, opts, extra).await
     }
 
     /// Builds and runs an app from the config file in `state`.
@@ -49,13 +70,16 @@ impl Proxy {
         state: tempfile::TempDir,
         config_path: PathBuf,
         opts: BuildOptions,
+        extra: Extra,
     ) -> Result<Proxy, String> {
         let text = std::fs::read_to_string(&config_path).unwrap();
         let config = egress_edge::config::parse_str(&text, "test").map_err(|e| e.to_string())?;
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
+        let mut listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
+        listeners.transparent = extra.transparent;
+        listeners.dns = extra.dns;
         let app = App::build(config, listeners, opts)
             .await
             .map_err(|e| e.to_string())?;
@@ -93,9 +117,14 @@ impl Proxy {
             let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
         }
         let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
-        Proxy::launch(state, self.config_path.clone(), BuildOptions::default())
-            .await
-            .unwrap()
+        Proxy::launch(
+            state,
+            self.config_path.clone(),
+            BuildOptions::default(),
+            Extra::default(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Plain-HTTP JSON POST to the admin listener; returns (status, body).
