@@ -78,11 +78,11 @@ pub async fn run<G>(
             hello.bytes
         }
     };
-    if !first.is_empty() {
-        if let Err(e) = upstream.write_all(&first).await {
-            access.ev.error = Some(e.to_string());
-            return access.finish(Outcome::UpstreamConnect);
-        }
+    if !first.is_empty()
+        && let Err(e) = upstream.write_all(&first).await
+    {
+        access.ev.error = Some(e.to_string());
+        return access.finish(Outcome::UpstreamConnect);
     }
     access.ev.bytes_up = first.len() as u64;
     let stops = Stops {

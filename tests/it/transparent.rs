@@ -25,7 +25,8 @@ const PRIVATE: &str = "10.66.0.9";
 /// Two namespaces, the rules, the upstreams and a proxy.
 struct Net {
     guest: Netns,
-    edge: Netns,
+    /// Kept so the namespace lives as long as the fixture.
+    _edge: Netns,
     /// Distinguishes this fixture's host names from other tests' in the shared log capture.
     k: usize,
     up_ca: std::path::PathBuf,
@@ -130,7 +131,7 @@ default_rung: deny
         let proxy = Proxy::start_full(&yaml, opts, extra).await;
         Net {
             guest,
-            edge,
+            _edge: edge,
             k,
             up_ca,
             seen_tls,
