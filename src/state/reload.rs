@@ -40,8 +40,16 @@ pub enum ReloadError {
 
 /// The first section that differs and cannot change while serving.
 fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
-    let changed: [(&'static str, bool); 8] = [
+    let changed: [(&'static str, bool); 10] = [
         ("proxy.listen", old.proxy.listen != new.proxy.listen),
+        (
+            "proxy.transparent",
+            old.proxy.transparent != new.proxy.transparent,
+        ),
+        (
+            "dns.listen",
+            old.dns.as_ref().map(|d| d.listen) != new.dns.as_ref().map(|d| d.listen),
+        ),
         (
             "proxy.max_connections",
             old.proxy.max_connections != new.proxy.max_connections,
