@@ -116,9 +116,10 @@ impl Ladder {
                 ctx.ev().resolved = Some(dialed.addr);
                 let tasks = ctx.shared().tasks.clone();
                 tasks.spawn(async move {
-                    if let Some((ctx, guest)) = upgraded(ctx, on_upgrade).await {
+                    if let Some((ctx, guest, buffered)) = upgraded_tcp(ctx, on_upgrade).await {
                         let opening = passthrough::Opening::ReadHello;
-                        passthrough::run(ctx, decision, guest, dialed.stream, opening).await;
+                        passthrough::run(ctx, decision, guest, buffered, dialed.stream, opening)
+                            .await;
                     }
                 });
                 established()
@@ -174,7 +175,7 @@ impl Ladder {
                     .connect_latency(Rung::Passthrough, t0.elapsed().as_secs_f64());
                 ctx.ev().resolved = Some(dialed.addr);
                 let opening = passthrough::Opening::Hello(hello);
-                passthrough::run(ctx, decision, guest, dialed.stream, opening).await;
+                passthrough::run(ctx, decision, guest, Vec::new(), dialed.stream, opening).await;
             }
             Rung::Deny => {
                 let r = ctx.refusal(Kind::DestinationDenied);
@@ -220,7 +221,7 @@ impl Ladder {
             .connect_latency(Rung::Passthrough, t0.elapsed().as_secs_f64());
         ctx.ev().resolved = Some(dialed.addr);
         let opening = passthrough::Opening::Opaque;
-        passthrough::run(ctx, decision, guest, dialed.stream, opening).await;
+        passthrough::run(ctx, decision, guest, Vec::new(), dialed.stream, opening).await;
     }
 }
 
@@ -231,6 +232,23 @@ async fn refuse_tls(ctx: ReqCtx, e: &crate::net::dial::DialError, mut guest: Tcp
     let _ = ctx.refuse(&r);
     let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
     let _ = guest.shutdown().await;
+}
+
+/// The CONNECT's upgraded connection as the guest's TCP stream and the bytes hyper had
+/// already read past the CONNECT head, or the unit finished as `upgrade_failed`.
+async fn upgraded_tcp(
+    ctx: ReqCtx,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<(ReqCtx, TcpStream, Vec<u8>)> {
+    let (mut ctx, upgraded) = upgraded(ctx, on_upgrade).await?;
+    match upgraded.into_inner().downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some((ctx, parts.io.into_inner(), parts.read_buf.to_vec())),
+        Err(_) => {
+            ctx.ev().error = Some("the upgraded connection is not a TCP stream".to_owned());
+            ctx.access.finish(Outcome::UpgradeFailed);
+            None
+        }
+    }
 }
 
 /// The CONNECT's upgraded connection, or the unit finished as `upgrade_failed`.

@@ -6,13 +6,14 @@
 //! The upstream connection was opened (and its address vetted) before the 200, by the ladder.
 //! This stage never terminates TLS and never looks at bytes after the ClientHello.
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::context::ReqCtx;
 use crate::observe::access_log::Outcome;
 use crate::policy::Decision;
 use crate::refusal::Kind;
+use crate::rung::prefixed::Prefixed;
 use crate::rung::sni::{self, HelloError, PeekedHello};
 use crate::upstream::tunnel::{self, Stops};
 
@@ -27,16 +28,16 @@ pub enum Opening {
     Opaque,
 }
 
-/// Runs one pass-through tunnel to completion and logs it.
-pub async fn run<G>(
+/// Runs one pass-through tunnel to completion and logs it. `buffered` is what the guest
+/// sent that was read off `guest` already (bytes hyper buffered after the CONNECT head).
+pub async fn run(
     ctx: ReqCtx,
     decision: Decision,
-    mut guest: G,
+    mut guest: TcpStream,
+    buffered: Vec<u8>,
     mut upstream: TcpStream,
     opening: Opening,
-) where
-    G: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let ReqCtx {
         conn,
         snap,
@@ -47,26 +48,31 @@ pub async fn run<G>(
     } = ctx;
     let shared = &conn.shared;
     let first = match opening {
-        Opening::Opaque => Vec::new(),
-        Opening::Hello(hello) => hello.bytes,
+        Opening::Opaque => buffered,
+        Opening::Hello(mut hello) => {
+            hello.bytes.extend_from_slice(&buffered);
+            hello.bytes
+        }
         Opening::ReadHello => {
-            let hello =
-                match sni::read_client_hello(&mut guest, snap.config.proxy.handshake_timeout).await
-                {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let outcome = match e {
-                            HelloError::Timeout(_) => Outcome::HandshakeTimeout,
-                            HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
-                            HelloError::TooLarge | HelloError::NotTls(_) => {
-                                let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
-                                Outcome::NotTls
-                            }
-                        };
-                        access.ev.error = Some(e.to_string());
-                        return access.finish(outcome);
-                    }
-                };
+            let mut reader = Prefixed::new(buffered, &mut guest);
+            let read =
+                sni::read_client_hello(&mut reader, snap.config.proxy.handshake_timeout).await;
+            let unread = reader.into_unread();
+            let hello = match read {
+                Ok(h) => h,
+                Err(e) => {
+                    let outcome = match e {
+                        HelloError::Timeout(_) => Outcome::HandshakeTimeout,
+                        HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
+                        HelloError::TooLarge | HelloError::NotTls(_) => {
+                            let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+                            Outcome::NotTls
+                        }
+                    };
+                    access.ev.error = Some(e.to_string());
+                    return access.finish(outcome);
+                }
+            };
             access.ev.sni = hello.server_name.clone();
             if let Err(cause) = sni::check(&snap, hello.server_name.as_deref(), port, &decision) {
                 let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
@@ -75,7 +81,9 @@ pub async fn run<G>(
                 access.ev.error = Some(cause);
                 return access.finish(Outcome::SniMismatch);
             }
-            hello.bytes
+            let mut bytes = hello.bytes;
+            bytes.extend_from_slice(&unread);
+            bytes
         }
     };
     if !first.is_empty()
@@ -91,7 +99,7 @@ pub async fn run<G>(
         kill,
     };
     shared.metrics.active_tunnels.inc();
-    let spliced = tunnel::splice(guest, upstream, &stops).await;
+    let spliced = tunnel::splice_tcp(guest, upstream, &stops).await;
     shared.metrics.active_tunnels.dec();
     access.ev.bytes_up += spliced.up;
     access.ev.bytes_down = spliced.down;

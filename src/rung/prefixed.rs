@@ -25,6 +25,13 @@ impl<T> Prefixed<T> {
     }
 }
 
+impl<T> Prefixed<T> {
+    /// The prefix bytes not read yet.
+    pub fn into_unread(mut self) -> Vec<u8> {
+        self.prefix.split_off(self.offset)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -92,6 +99,8 @@ mod tests {
         p.read_exact(&mut small).await.unwrap();
         assert_eq!(&small, b"hel");
         let mut rest = String::new();
+        let unread = Prefixed::new(b"abc".to_vec(), tokio::io::empty());
+        assert_eq!(unread.into_unread(), b"abc");
         p.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest, "lo world");
     }

@@ -1,14 +1,22 @@
 //! Byte splicing between the guest and an upstream, with idle timeout and byte counts.
 //!
-//! Used by the pass-through rung (after the SNI check) and by upgraded bumped requests
-//! (WebSocket). Each direction half-closes independently; the tunnel ends when both are done,
-//! when nothing moved for the idle timeout, at hard shutdown, or when the kill switch fires.
-//! This module does not look at the bytes.
+//! Used by the pass-through rung (after the SNI check; [`splice_tcp`], both sides plain TCP)
+//! and by upgraded bumped requests (WebSocket; [`splice`], any streams). Each direction
+//! half-closes independently; the tunnel ends when both are done, when nothing moved for the
+//! idle timeout, at hard shutdown, or when the kill switch fires. This module does not look
+//! at the bytes.
+//!
+//! Memory: [`splice_tcp`] waits for readiness without a buffer and takes one only while bytes
+//! are there to move, so an idle tunnel holds no copy buffer at all (thousands of idle
+//! tunnels are the normal state of a busy sandbox host).
 
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 const BUF: usize = 64 * 1024;
@@ -87,6 +95,71 @@ where
         up: up.load(Ordering::Relaxed),
         down: down.load(Ordering::Relaxed),
         end,
+    }
+}
+
+/// Splices two TCP connections (the pass-through rung).
+pub async fn splice_tcp(guest: TcpStream, upstream: TcpStream, stops: &Stops) -> Spliced {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let (gr, mut gw) = guest.into_split();
+    let (ur, mut uw) = upstream.into_split();
+    let half_closed = AtomicBool::new(false);
+    let both = async {
+        let a = pump_tcp(&gr, &mut uw, &up, &last, start, &half_closed);
+        let b = pump_tcp(&ur, &mut gw, &down, &last, start, &half_closed);
+        match tokio::try_join!(a, b) {
+            Ok(_) => End::Closed,
+            Err(e) if half_closed.load(Ordering::Relaxed) && is_closing(&e) => End::Closed,
+            Err(_) => End::Error,
+        }
+    };
+    let end = tokio::select! {
+        end = both => end,
+        () = idle_watch(&last, stops.idle, start) => End::IdleTimeout,
+        () = stops.shutdown.cancelled() => End::Shutdown,
+        () = stops.kill.cancelled() => End::KillSwitch,
+    };
+    Spliced {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// One direction of [`splice_tcp`]: wait until `r` is readable holding nothing, then move
+/// what is there through a buffer that lives only until the socket would block again.
+async fn pump_tcp(
+    r: &OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+    half_closed: &AtomicBool,
+) -> io::Result<()> {
+    loop {
+        r.readable().await?;
+        // Not zeroed: `try_read_buf` fills the spare capacity and reports what it wrote.
+        let mut buf: Vec<u8> = Vec::with_capacity(BUF);
+        loop {
+            buf.clear();
+            match r.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    half_closed.store(true, Ordering::Relaxed);
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    w.write_all(&buf[..n]).await?;
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
