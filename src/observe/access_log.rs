@@ -54,6 +54,8 @@ pub enum Outcome {
     /// The HTTP upgrade (CONNECT or WebSocket) never completed.
     UpgradeFailed,
     HandshakeTimeout,
+    /// No request head arrived in `proxy.header_read_timeout`.
+    HeaderTimeout,
     /// The guest went away before sending a ClientHello.
     GuestClosed,
     /// The guest sent something that is not TLS into a TLS tunnel.
@@ -78,6 +80,7 @@ impl Outcome {
             Outcome::IoError => "io_error",
             Outcome::UpgradeFailed => "upgrade_failed",
             Outcome::HandshakeTimeout => "handshake_timeout",
+            Outcome::HeaderTimeout => "header_timeout",
             Outcome::GuestClosed => "guest_closed",
             Outcome::NotTls => "not_tls",
             Outcome::SniMismatch => "sni_mismatch",

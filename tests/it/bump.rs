@@ -1049,3 +1049,59 @@ async fn access_events_carry_path_id_status_ttfb_dialed_address_and_bytes() {
     assert_eq!(session["outcome"], "ok", "{session}");
     assert!(session["bytes_up"].as_u64().unwrap() > 0, "{session}");
 }
+
+/// A session that completes its handshake (or sends only the HTTP/2 preface) and then stays
+/// silent holds a connection slot: it is closed at `header_read_timeout`, not at the much
+/// longer `idle_timeout` meant for keep-alive between requests. A session that made a request
+/// is not cut by it.
+#[tokio::test]
+async fn a_silent_session_is_held_to_the_header_timeout_not_the_idle_timeout() {
+    let env = bump_env_with(
+        &[b"h2", b"http/1.1"],
+        "",
+        "header_read_timeout: 1s, idle_timeout: 5m",
+    )
+    .await;
+    let target = format!("bump.test:{}", env.up.port());
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let cfg = client_config(env.proxy.bump_roots(), &[alpn]);
+        let mut tls = tls_through(env.proxy.addr, &target, "bump.test", cfg)
+            .await
+            .unwrap();
+        if alpn == b"h2" {
+            // The connection preface and an empty SETTINGS frame, then nothing.
+            tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                .await
+                .unwrap();
+        }
+        let t0 = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(8), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let took = t0.elapsed();
+        assert!(closed.is_ok(), "{alpn:?}: a silent session was not closed");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "{alpn:?}: closed after {took:?}"
+        );
+    }
+    env.proxy.wait_metric("outcome=\"header_timeout\"").await;
+    // One request, then quiet for longer than the header timeout: still served.
+    let cfg = client_config(env.proxy.bump_roots(), &[b"http/1.1"]);
+    let mut tls = tls_through(env.proxy.addr, &target, "bump.test", cfg)
+        .await
+        .unwrap();
+    let get = format!("GET /small HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    tls.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut tls).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tls.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut tls).await.0, 200);
+}

@@ -255,6 +255,11 @@ impl Bumper {
                     Outcome::IoError
                 }
             },
+            () = activity.no_request_within(proxy.header_read_timeout) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.as_mut()).await;
+                Outcome::HeaderTimeout
+            }
             () = activity.idle(proxy.idle_timeout) => {
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {

@@ -6,7 +6,9 @@
 //! timer hyper's HTTP/1 server is given (it asks a timer for nothing but header timeouts):
 //! its sleeps count `header_read_timeout` from the first byte read after they were armed
 //! ([`GuestIo`] counts reads) and otherwise wait. Idleness (no request in flight, whatever the
-//! protocol) is [`Activity::idle`]'s; the session closes gracefully when it fires. HTTP/2
+//! protocol) is [`Activity::idle`]'s; the session closes gracefully when it fires. A session
+//! whose first request has not begun `header_read_timeout` after the handshake (silent, or
+//! only an HTTP/2 preface) is closed by [`Activity::no_request_within`]. HTTP/2
 //! keep-alive pings are sent after `idle_timeout` without reads and only find dead peers.
 //! A head whose first bytes arrived in the same read as the previous request's end is timed
 //! as idle; the idle timeout still bounds it.
@@ -31,6 +33,8 @@ pub struct Activity {
     inflight: AtomicUsize,
     changed: Notify,
     reads: AtomicU64,
+    /// Requests ever begun on the session.
+    begun: AtomicU64,
 }
 
 /// One request in flight, until its response body ends or is dropped.
@@ -47,6 +51,7 @@ impl Drop for Busy {
 impl Activity {
     /// Marks a request in flight.
     pub fn begin(self: &Arc<Self>) -> Busy {
+        self.begun.fetch_add(1, Ordering::SeqCst);
         self.inflight.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
         Busy(self.clone())
@@ -68,6 +73,18 @@ impl Activity {
                 changed.await;
             }
         }
+    }
+
+    /// Resolves when `within` has passed and no request has begun: a session that completed
+    /// its handshake (or sent only the HTTP/2 preface) and then stays silent is held to the
+    /// header timeout, not to the idle timeout meant for keep-alive between requests.
+    /// Pends forever once a request has begun.
+    pub async fn no_request_within(&self, within: Duration) {
+        tokio::time::sleep(within).await;
+        if self.begun.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 
     fn reads(&self) -> u64 {
