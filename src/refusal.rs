@@ -225,7 +225,10 @@ impl Refusal {
             Kind::HeadersTooLarge => {
                 format!("the request to {dest} was not forwarded: {cause}")
             }
-            Kind::Overloaded => "the proxy is at its connection limit".to_owned(),
+            Kind::Overloaded if cause.is_empty() => {
+                "the proxy is at its connection limit".to_owned()
+            }
+            Kind::Overloaded => format!("the proxy is at its connection limit ({cause})"),
         }
     }
 }
@@ -344,6 +347,11 @@ pub fn respond(r: &Refusal) -> Response<Body> {
             resp.headers_mut().insert(name, v);
         }
     }
+    if r.kind == Kind::Overloaded {
+        // Free the guest connection's descriptor at once: the proxy is short of them.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp.extensions_mut()
         .insert(hyper::ext::ReasonPhrase::from_static(r.code().as_bytes()));
     resp
@@ -416,6 +424,14 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// EMFILE or ENFILE: the proxy's limit, not the upstream's fault.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
+    )
+}
+
 /// Maps a dial failure (resolution, address vetting, connect) to the guest-facing refusal.
 pub fn from_dial(e: &crate::net::dial::DialError, host: &str, port: u16, rule: &str) -> Refusal {
     use crate::net::dial::DialError as D;
@@ -430,6 +446,10 @@ pub fn from_dial(e: &crate::net::dial::DialError, host: &str, port: u16, rule: &
             .with_cause(format!("name resolution failed: {source}")),
         D::NoAddress { .. } => Refusal::new(Kind::UpstreamConnect, host, port, rule)
             .with_cause("the name has no address"),
+        D::Connect { source, .. } if out_of_descriptors(source) => {
+            Refusal::new(Kind::Overloaded, host, port, rule)
+                .with_cause("the proxy has no file descriptor left to open the upstream connection")
+        }
         D::Connect { addr, source, .. } => Refusal::new(Kind::UpstreamConnect, host, port, rule)
             .with_cause(format!("{addr}: {source}")),
         D::Timeout { timeout, .. } => Refusal::new(Kind::UpstreamTimeout, host, port, rule)

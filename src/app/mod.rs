@@ -8,6 +8,7 @@
 
 mod background;
 mod ca;
+mod limits;
 mod listeners;
 mod secrets;
 
@@ -107,6 +108,7 @@ impl App {
         opts: BuildOptions,
     ) -> Result<App, AppError> {
         let config = Arc::new(config);
+        limits::raise_nofile(config.proxy.max_connections);
         let secrets = secrets::start_secrets(&config).await?;
         let ca = load_ca(&config, secrets.as_ref()).await?;
         let handles = {

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::{ConnCtx, Identity};
+use crate::frontend::accept::{Accepted, Acceptor};
 use crate::frontend::forward_proxy;
 use crate::refusal::{self, Kind, Refusal};
 use crate::rung::Ladder;
@@ -32,19 +33,15 @@ pub struct ProxyListener {
 impl ProxyListener {
     /// Accepts until `shared.draining` fires.
     pub async fn run(self) {
+        let mut acceptor = Acceptor::new(self.listener, "proxy");
         loop {
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                () = self.shared.draining.cancelled() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(v) => v,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let (stream, peer) = match acceptor.next(&self.shared).await {
+                Accepted::Conn(s, p) => (s, p),
+                Accepted::Shed(s) => {
+                    self.shared.tasks.spawn(overloaded(s));
                     continue;
                 }
+                Accepted::Draining => break,
             };
             let _ = stream.set_nodelay(true);
             let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {

@@ -4,6 +4,7 @@
 //! turns CONNECT and absolute-form requests into a target and hands it to the rungs. Frontends
 //! parse what the guest asked for; they do not decide policy and never dial.
 
+pub mod accept;
 pub mod dns;
 pub mod forward_proxy;
 pub mod listener;

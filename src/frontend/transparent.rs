@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::Body;
 use crate::context::{ConnCtx, Identity, ReqCtx, Target, Via};
+use crate::frontend::accept::{Accepted, Acceptor};
 use crate::observe::access_log::{Outcome, Unit};
 use crate::refusal::{self, Kind};
 use crate::rung::sni::{self, HelloError};
@@ -100,22 +101,19 @@ async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
 impl TransparentListener {
     /// Accepts until `shared.draining` fires.
     pub async fn run(self) {
+        let mut acceptor = Acceptor::new(self.listener, "transparent");
         loop {
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                () = self.shared.draining.cancelled() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "transparent accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let (stream, peer) = match acceptor.next(&self.shared).await {
+                Accepted::Conn(s, p) => (s, p),
+                // Nothing to answer with before the protocol is known: close.
+                Accepted::Shed(s) => {
+                    drop(s);
                     continue;
                 }
+                Accepted::Draining => break,
             };
             let _ = stream.set_nodelay(true);
             let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
-                // No HTTP to answer with before sniffing: close, and count it.
                 self.shared.metrics.refusal(Kind::Overloaded);
                 drop(stream);
                 continue;

@@ -14,6 +14,7 @@ mod hiding;
 mod inject;
 mod kill_switch;
 mod layering;
+mod limits;
 mod metrics;
 mod reload;
 mod sdk;
