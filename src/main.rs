@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use egress_edge::app::{App, BuildOptions, Listeners};
-use egress_edge::cli::{CaCommand, Cli, Command, HandleCommand, SdsCommand, StateArgs};
+use egress_edge::cli::{
+    CaCommand, Cli, Command, HandleCommand, JailArgs, NftRulesArgs, SdsCommand, StateArgs,
+};
 use egress_edge::config::{self, Config};
 
 fn main() -> ExitCode {
@@ -21,17 +23,18 @@ fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let command = match cli.command {
+        // The jail's child changes namespaces, which applies to the calling thread only: it
+        // runs before any runtime thread exists.
+        Command::JailExec(args) => return ExitCode::from(egress_edge::jail::exec::run(&args)),
+        Command::Jail(args) => return jail(args),
+        other => other,
     };
-    match runtime.block_on(dispatch(cli)) {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(dispatch(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
             eprintln!("error: {msg}");
@@ -42,6 +45,73 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(2)
+        })
+}
+
+/// `jail`: privileges are checked before anything else (the config included); the exit code
+/// is the command's.
+fn jail(args: JailArgs) -> ExitCode {
+    let tools = match egress_edge::jail::preflight() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        let config = match load(args.config.as_deref()) {
+            Ok(c) => c,
+            Err(Failure::Config(m)) => return Err((1, m)),
+            Err(Failure::Runtime(e)) => return Err((2, format!("{e:#}"))),
+        };
+        let opts = egress_edge::jail::JailOptions {
+            user: args.user,
+            command: args.command,
+        };
+        egress_edge::jail::run(config, tools, opts)
+            .await
+            .map_err(|e| (if e.is_usage() { 1 } else { 2 }, e.to_string()))
+    });
+    // Whatever the proxy left running ends with the runtime, without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err((code, msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn nft_rules(args: NftRulesArgs) -> Result<(), Failure> {
+    let config = load(args.config.as_deref())?;
+    let req = egress_edge::jail::NftRulesRequest {
+        interface: args.mode.interface,
+        sidecar_uid: args.mode.sidecar_uid,
+        table: args.table,
+    };
+    let text = egress_edge::jail::nft_rules(&config, &req).map_err(|e| {
+        if e.is_usage() {
+            Failure::Config(e.to_string())
+        } else {
+            Failure::Runtime(e.into())
+        }
+    })?;
+    print!("{text}");
+    Ok(())
 }
 
 enum Failure {
@@ -74,8 +144,12 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, Failure> {
     .map_err(|e| Failure::Config(e.to_string()))
 }
 
-async fn dispatch(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::NftRules(args) => nft_rules(args),
+        Command::Jail(_) | Command::JailExec(_) => Err(Failure::Config(
+            "jail runs outside the async dispatcher".into(),
+        )),
         Command::Run { config: path } => {
             let config = load(path.as_deref())?;
             run(config, path).await

@@ -4,6 +4,7 @@ mod admin_client;
 pub mod handle;
 pub mod health;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -46,6 +47,68 @@ pub enum Command {
     /// Envoy SDS v3 server commands.
     #[command(subcommand)]
     Sds(SdsCommand),
+    /// Run a command whose only way out is this proxy: a new network and mount namespace,
+    /// TCP to the transparent listener, DNS to the guest resolver, other UDP rejected, the
+    /// deployment CA in the trust store. Exits with the command's status. Needs root.
+    Jail(JailArgs),
+    /// Print the nftables ruleset that makes the proxy a sandbox's only way out (for
+    /// namespaces, containers or pods set up by someone else): `... | nft -f -`.
+    NftRules(NftRulesArgs),
+    /// The jail's child side (internal).
+    #[command(name = "__jail-exec", hide = true)]
+    JailExec(JailExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JailArgs {
+    /// The proxy's config (with none: the built-in default).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Run the command as this user (name or uid). Default: the user sudo was run by
+    /// (SUDO_UID), else root without capabilities.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct NftRulesArgs {
+    /// The config whose proxy.transparent, dns.listen and proxy.listen ports the rules use.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub mode: NftMode,
+    /// The nftables table (family inet) the rules live in.
+    #[arg(long, default_value = "egress_edge")]
+    pub table: String,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct NftMode {
+    /// Gateway mode: the sandbox's traffic arrives on this interface (veth, bridge) of the
+    /// proxy's namespace.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Sidecar mode: the proxy shares the sandbox's namespace and runs as this uid.
+    #[arg(long)]
+    pub sidecar_uid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct JailExecArgs {
+    #[arg(long)]
+    pub netns: String,
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub proxy: String,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(last = true, required = true)]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -115,7 +115,7 @@ impl Ruleset {
         let (tp, dp) = (self.transparent_port, self.dns_port);
         let _ = writeln!(
             out,
-            "  chain output_nat {{\n    type nat hook output priority dstnat; policy accept;"
+            "  chain output_nat {{\n    type nat hook output priority -100; policy accept;"
         );
         let _ = writeln!(out, "    meta skuid {uid} return");
         let _ = writeln!(out, "    udp dport 53 redirect to :{dp}");
@@ -185,6 +185,8 @@ mod tests {
         let mut r = gateway();
         r.mode = Mode::Sidecar { proxy_uid: 1337 };
         let text = r.render();
+        // nft 1.0.6 accepts the `dstnat` keyword in prerouting only.
+        line(&text, "type nat hook output priority -100;");
         let skip = line(&text, "meta skuid 1337 return");
         assert!(skip < line(&text, "meta l4proto tcp redirect to :3129"));
         line(&text, "meta skuid 1337 accept");

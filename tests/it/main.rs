@@ -12,6 +12,7 @@ mod cli;
 mod foundation;
 mod hiding;
 mod inject;
+mod jail;
 mod kill_switch;
 mod layering;
 mod limits;
