@@ -9,8 +9,11 @@
 //!   the interface is forwarded anywhere; other UDP (QUIC) is rejected so clients fall back to
 //!   TCP at once; of ICMP only what TCP and IPv6 neighbour discovery need is let in.
 //! - [`Mode::Sidecar`]: the proxy shares the sandbox's namespace (a pod sidecar), running as
-//!   its own user. Every other process's TCP and DNS is redirected in output; other UDP is
-//!   rejected; the proxy's own traffic is left alone.
+//!   its own user. Every other process's TCP and DNS is redirected in output (ahead of Docker's
+//!   embedded-DNS NAT); other UDP, loopback UDP to anything but the guest resolver, and
+//!   Docker's embedded resolver itself are rejected; the proxy's own traffic is left alone.
+//!   Loopback TCP stays open (a guest's own local services), so in this mode the proxy's
+//!   admin listener belongs on a unix socket or behind its token.
 //!
 //! This module only writes text; loading it (`nft -f -`) is the caller's.
 
@@ -115,7 +118,7 @@ impl Ruleset {
         let (tp, dp) = (self.transparent_port, self.dns_port);
         let _ = writeln!(
             out,
-            "  chain output_nat {{\n    type nat hook output priority -100; policy accept;"
+            "  chain output_nat {{\n    type nat hook output priority -150; policy accept;"
         );
         let _ = writeln!(out, "    meta skuid {uid} return");
         let _ = writeln!(out, "    udp dport 53 redirect to :{dp}");
@@ -128,6 +131,11 @@ impl Ruleset {
             "  chain output_filter {{\n    type filter hook output priority filter; policy accept;"
         );
         let _ = writeln!(out, "    meta skuid {uid} accept");
+        // Docker's embedded resolver listens on 127.0.0.11 at ports of its own: a guest that
+        // found them would resolve around the guest resolver.
+        let _ = writeln!(out, "    ip daddr 127.0.0.11 reject");
+        // Loopback UDP only to the guest resolver (no other local resolver is reachable).
+        let _ = writeln!(out, "    oifname \"lo\" udp dport != {dp} reject");
         let _ = writeln!(out, "    oifname \"lo\" accept");
         let _ = writeln!(out, "    meta l4proto tcp accept");
         let _ = writeln!(out, "    icmp type {{ {ICMP_NEEDED} }} accept");
@@ -185,8 +193,13 @@ mod tests {
         let mut r = gateway();
         r.mode = Mode::Sidecar { proxy_uid: 1337 };
         let text = r.render();
-        // nft 1.0.6 accepts the `dstnat` keyword in prerouting only.
-        line(&text, "type nat hook output priority -100;");
+        // nft 1.0.6 accepts the `dstnat` keyword in prerouting only; -150 runs ahead of the
+        // DNAT Docker's embedded DNS installs at -100, so port 53 is ours first.
+        line(&text, "type nat hook output priority -150;");
+        let docker = line(&text, "ip daddr 127.0.0.11 reject");
+        let lo_udp = line(&text, "oifname \"lo\" udp dport != 5353 reject");
+        assert!(docker < line(&text, "oifname \"lo\" accept"));
+        assert!(lo_udp < line(&text, "oifname \"lo\" accept"));
         let skip = line(&text, "meta skuid 1337 return");
         assert!(skip < line(&text, "meta l4proto tcp redirect to :3129"));
         line(&text, "meta skuid 1337 accept");

@@ -1,6 +1,6 @@
 //! The transparent listener against a real kernel, without `jail`: a guest namespace whose
-//! only link is a veth into an "edge" namespace, the ruleset `nft-rules` prints loaded there
-//! by hand, the proxy's transparent listener and every upstream bound inside the edge
+//! only link is a veth into an "edge" namespace, the ruleset `egress-edge nft-rules` prints
+//! loaded there by hand, the proxy's transparent listener and every upstream bound inside the edge
 //! namespace. Guests are real clients (curl, python) that know nothing of the proxy.
 //!
 //! Every address here exists only in the namespaces these tests create: the upstreams sit on
@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use egress_edge::app::BuildOptions;
-use egress_edge::jail::nft::{Mode, Ruleset};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
@@ -84,14 +83,20 @@ impl Net {
         });
         let transparent = edge.tcp_listener("[::]:0".parse().unwrap());
         let port = transparent.local_addr().unwrap().port();
-        let rules = Ruleset {
-            table: "egress_edge_test".into(),
-            mode: Mode::Gateway { interface: edge_if },
-            transparent_port: port,
-            dns_port: 53,
-            proxy_port: None,
-        };
-        edge.nft(&rules.render());
+        // The ruleset exactly as `egress-edge nft-rules` prints it for this port.
+        let rules_dir = tempfile::tempdir().unwrap();
+        let rules_cfg = write(
+            rules_dir.path(),
+            "rules.yaml",
+            &format!("proxy: {{ transparent: '[::]:{port}' }}\ndns: {{ listen: '[::]:53' }}\n"),
+        );
+        let out = sh(
+            std::process::Command::new(env!("CARGO_BIN_EXE_egress-edge"))
+                .args(["nft-rules", "--config"])
+                .arg(&rules_cfg)
+                .args(["--interface", &edge_if, "--table", "egress_edge_test"]),
+        );
+        edge.nft(&String::from_utf8(out.stdout).unwrap());
 
         let dir = tempfile::tempdir().unwrap();
         let up_ca = dir.path().join("up-ca.pem");
