@@ -30,7 +30,7 @@ use crate::state::Shared;
 use crate::upstream::client::HttpClient;
 use crate::upstream::connector::DialedAddr;
 use crate::upstream::cut::{cuttable, drain};
-use crate::upstream::metered::Counted;
+use crate::upstream::metered::{Counted, Ended};
 use crate::upstream::relay::send;
 
 /// Sends `req` through `client` and relays the response; refusals go through `ctx`. With
@@ -69,14 +69,29 @@ pub async fn relay(
     let host = ctx.host().to_owned();
     let mut access = ctx.access;
     let counted = down.clone();
-    let body = Counted::new(body, down).on_end(move || {
+    let body = Counted::new(body, down).on_end(move |how| {
         // The response is over: whatever the guest has not uploaded yet is not needed.
         if let Some(rest) = cutter.cut() {
             tasks.spawn(drain(rest, defaults::EARLY_RESPONSE_DRAIN));
         }
         access.ev.bytes_up = up.load(Ordering::Relaxed);
+        // What was relayed before the end, not what the upstream meant to send.
         access.ev.bytes_down = counted.load(Ordering::Relaxed);
-        access.finish(Outcome::Ok);
+        let outcome = match how {
+            Ended::Complete => Outcome::Ok,
+            Ended::Failed => {
+                access.ev.error = Some("the upstream broke off the response body".to_owned());
+                Outcome::Aborted
+            }
+            Ended::Abandoned => {
+                access.ev.error = Some(
+                    "the response was cut short: the guest went away or the session was closed"
+                        .to_owned(),
+                );
+                Outcome::Aborted
+            }
+        };
+        access.finish(outcome);
     });
     let Some(Reflect { reflection, secret }) = reflect else {
         return Response::from_parts(parts, boxed(body));

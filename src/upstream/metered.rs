@@ -10,12 +10,25 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-type Hook = Box<dyn FnOnce() + Send + Sync>;
+/// How a metered body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Its last frame was read.
+    Complete,
+    /// It yielded an error (the upstream reset or broke off mid-body).
+    Failed,
+    /// It was dropped unfinished (the guest went away, the session was cut, a hard stop).
+    Abandoned,
+}
+
+type Hook = Box<dyn FnOnce(Ended) + Send + Sync>;
 
 pub struct Counted<B> {
     inner: B,
     count: Arc<AtomicU64>,
     on_end: Option<Hook>,
+    /// The inner body has nothing more to give: a drop now is not an abandonment.
+    complete: bool,
 }
 
 impl<B> std::fmt::Debug for Counted<B> {
@@ -32,25 +45,36 @@ impl<B> Counted<B> {
             inner,
             count,
             on_end: None,
+            complete: false,
         }
     }
 
-    /// Runs `hook` when the body ends, errors, or is dropped unfinished.
-    pub fn on_end(mut self, hook: impl FnOnce() + Send + Sync + 'static) -> Self {
+    fn finish(&mut self, how: Ended) {
+        if let Some(h) = self.on_end.take() {
+            h(how);
+        }
+    }
+}
+
+impl<B: Body> Counted<B> {
+    /// Runs `hook` once, with how the body ended: read to its end, failed, or dropped
+    /// unfinished.
+    pub fn on_end(mut self, hook: impl FnOnce(Ended) + Send + Sync + 'static) -> Self {
+        // An empty body (a 204, a HEAD answer) is never polled: it is complete already.
+        self.complete = self.inner.is_end_stream();
         self.on_end = Some(Box::new(hook));
         self
-    }
-
-    fn finish(&mut self) {
-        if let Some(h) = self.on_end.take() {
-            h();
-        }
     }
 }
 
 impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
-        self.finish();
+        let how = if self.complete {
+            Ended::Complete
+        } else {
+            Ended::Abandoned
+        };
+        self.finish(how);
     }
 }
 
@@ -72,8 +96,17 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                // Callers may stop polling once the body says it is at its end.
+                if this.inner.is_end_stream() {
+                    this.complete = true;
+                    this.finish(Ended::Complete);
+                }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(None) => {
+                this.complete = true;
+                this.finish(Ended::Complete);
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Ended::Failed),
             Poll::Pending => {}
         }
         polled

@@ -1105,3 +1105,44 @@ async fn a_silent_session_is_held_to_the_header_timeout_not_the_idle_timeout() {
     tls.write_all(get.as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut tls).await.0, 200);
 }
+
+/// A response the guest walks away from is `aborted`, with the bytes actually relayed, not
+/// `ok` with the bytes the upstream meant to send.
+#[tokio::test]
+async fn a_response_cut_short_is_logged_as_aborted_with_the_bytes_relayed() {
+    let logs = crate::inject::capture_logs();
+    let env = bump_env(None).await;
+    let target = format!("bump.test:{}", env.up.port());
+    let cfg = client_config(env.proxy.bump_roots(), &[b"http/1.1"]);
+    let mut tls = tls_through(env.proxy.addr, &target, "bump.test", cfg)
+        .await
+        .unwrap();
+    let id = "cut-short-0123456789";
+    let get = format!("GET /sse HTTP/1.1\r\nHost: {target}\r\nx-request-id: {id}\r\n\r\n");
+    tls.write_all(get.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("data: one") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Gone before the second event (sent 1.5 s later).
+    drop(tls);
+    let mut event = None;
+    for _ in 0..100 {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+        event = text
+            .lines()
+            .filter(|l| l.contains("egress_edge::access") && l.contains(id))
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        if event.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = event.expect("no access event for the request")["fields"].clone();
+    assert_eq!(ev["outcome"], "aborted", "{ev}");
+    assert_eq!(ev["bytes_down"], "data: one\n\n".len(), "{ev}");
+    env.proxy.wait_metric("outcome=\"aborted\"").await;
+}

@@ -94,7 +94,7 @@ impl Activity {
 
 /// A response body that keeps its request counted as in flight until it ends.
 pub fn hold(body: Body, busy: Busy) -> Body {
-    crate::body::boxed(Counted::new(body, Arc::default()).on_end(move || drop(busy)))
+    crate::body::boxed(Counted::new(body, Arc::default()).on_end(move |_| drop(busy)))
 }
 
 /// The guest's (decrypted) stream, counting reads that returned bytes.
