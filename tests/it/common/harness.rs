@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use egress_edge::app::{AdminListener, App, BuildOptions, Listeners};
+use egress_edge::app::{AdminListener, App, BuildOptions, DnsListener, Listeners};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -18,6 +18,8 @@ use super::upstream::{Seen, start_upstream};
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The guest resolver (UDP and TCP), bound on `127.0.0.1:0` when the config has `dns:`.
+    pub dns: Option<SocketAddr>,
     pub state: tempfile::TempDir,
     pub config_path: PathBuf,
     pub shared: Arc<egress_edge::state::Shared>,
@@ -55,11 +57,24 @@ impl Proxy {
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
+        let mut listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
+        if config.dns.is_some() {
+            // UDP takes a free port first; TCP may find that port taken: try another.
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let mut bound = DnsListener::bind(any).await;
+            for _ in 0..20 {
+                if bound.is_ok() {
+                    break;
+                }
+                bound = DnsListener::bind(any).await;
+            }
+            listeners.dns.push(bound.unwrap());
+        }
         let app = App::build(config, listeners, opts)
             .await
             .map_err(|e| e.to_string())?;
         let (addr, shared, reloader) = (app.proxy_addr, app.shared().clone(), app.reloader());
+        let dns = app.dns_addrs.first().copied();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -67,6 +82,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             admin: admin_addr,
+            dns,
             state,
             config_path,
             shared,
