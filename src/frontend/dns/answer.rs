@@ -397,7 +397,8 @@ mod tests {
         };
         let odd = raw(&[b"a b", b"test"]);
         let dotted = raw(&[b"a.b", b"test"]);
-        let cases: Vec<(&str, Message, Result<bool, (Verdict, &str)>)> = vec![
+        type Case = (&'static str, Message, Result<bool, (Verdict, &'static str)>);
+        let cases: Vec<Case> = vec![
             ("A", request("Api.Example.COM.", RecordType::A), Ok(false)),
             (
                 "AAAA",
@@ -471,11 +472,7 @@ mod tests {
                 request("127.0.0.1.", RecordType::A),
                 Err((Verdict::Refused, "invalid_name")),
             ),
-            (
-                "odd bytes",
-                odd,
-                Err((Verdict::Refused, "invalid_name")),
-            ),
+            ("odd bytes", odd, Err((Verdict::Refused, "invalid_name"))),
             (
                 "dot inside a label",
                 dotted,
