@@ -5,6 +5,7 @@
 
 mod certs;
 mod client;
+mod dns;
 mod phases;
 mod proxy;
 mod stats;
@@ -39,11 +40,11 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
   --mints N        cold leaf mints (default 2000)                env EGRESS_BENCH_MINTS
   --verifies N     handle verify+authorize calls (default 20000) env EGRESS_BENCH_VERIFIES
   --only LIST      comma-separated subset of:
-                   keepalive,h2,inject,newconn,latency,throughput,mint,verify
+                   keepalive,h2,inject,newconn,latency,throughput,mint,verify,dns
                                                                  env EGRESS_BENCH_ONLY
 ";
 
-const PHASES: [&str; 8] = [
+const PHASES: [&str; 9] = [
     "keepalive",
     "h2",
     "inject",
@@ -52,6 +53,7 @@ const PHASES: [&str; 8] = [
     "throughput",
     "mint",
     "verify",
+    "dns",
 ];
 
 #[derive(Debug)]
@@ -344,6 +346,11 @@ const REQS: Metric = Metric {
 };
 const CONNS: Metric = Metric {
     unit: "conn/s",
+    value: PhaseResult::rate,
+    with_latency: true,
+};
+const REQS_DNS: Metric = Metric {
+    unit: "q/s",
     value: PhaseResult::rate,
     with_latency: true,
 };
@@ -806,6 +813,10 @@ async fn run() -> Result<bool> {
             }
             Err(e) => report.fail(label, &e),
         }
+    }
+
+    if args.wants("dns") {
+        dns::section(&mut report, args.rounds, t, &scratch.0.join("dns-state")).await;
     }
 
     proxy.shutdown().await;

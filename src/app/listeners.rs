@@ -26,11 +26,21 @@ pub struct DnsListener {
 }
 
 impl DnsListener {
-    /// Binds UDP and TCP on `addr` (for port 0, TCP takes the port UDP was given).
+    /// Binds UDP and TCP on `addr`. For port 0, TCP takes the port UDP was given, and when
+    /// that port is taken for TCP another one is tried.
     pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<DnsListener> {
-        let udp = UdpSocket::bind(addr).await?;
-        let tcp = TcpListener::bind(udp.local_addr()?).await?;
-        Ok(DnsListener { udp, tcp })
+        let mut tries = 0;
+        loop {
+            let udp = UdpSocket::bind(addr).await?;
+            match TcpListener::bind(udp.local_addr()?).await {
+                Ok(tcp) => return Ok(DnsListener { udp, tcp }),
+                Err(e) if addr.port() == 0 && tries < 20 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "the guest resolver's UDP port is taken for TCP; trying another");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

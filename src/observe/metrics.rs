@@ -72,6 +72,14 @@ pub struct RungLabel {
     pub rung: String,
 }
 
+/// Labels of a guest-resolver query: the asked type (`a`, `aaaa`, `other`) and the decision
+/// (`answered`, `nodata`, `refused`, `servfail`, `formerr`, `notimp`, `dropped`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub qtype: &'static str,
+    pub decision: &'static str,
+}
+
 type Hist = Family<RungLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -93,6 +101,8 @@ pub struct Metrics {
     pub admin_auth_failures: Family<CodeLabel, Counter>,
     pub handles: Family<ResultLabel, Counter>,
     pub reflections: Family<SecretLabel, Counter>,
+    pub dns_queries: Family<DnsLabels, Counter>,
+    pub dns_latency: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +130,19 @@ impl Metrics {
         let admin_auth_failures = Family::<CodeLabel, Counter>::default();
         let handles = Family::<ResultLabel, Counter>::default();
         let reflections = Family::<SecretLabel, Counter>::default();
+        let dns_queries = Family::<DnsLabels, Counter>::default();
+        // 50 µs .. ~1.6 s
+        let dns_latency = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "dns_queries",
+            "Guest-resolver queries by asked type (a, aaaa, other) and decision",
+            dns_queries.clone(),
+        );
+        registry.register(
+            "dns_query_seconds",
+            "Time from a guest-resolver query to its answer",
+            dns_latency.clone(),
+        );
         registry.register(
             "secret_reflections",
             "Occurrences of an injected secret redacted from upstream responses, by secret name",
@@ -188,6 +211,8 @@ impl Metrics {
             admin_auth_failures,
             handles,
             reflections,
+            dns_queries,
+            dns_latency,
         }
     }
 
@@ -258,6 +283,14 @@ impl Metrics {
                 rung: rung_label(rung),
             })
             .observe(seconds);
+    }
+
+    /// A guest-resolver query was decided (labels from closed sets, see [`DnsLabels`]).
+    pub fn dns_query(&self, qtype: &'static str, decision: &'static str, seconds: f64) {
+        self.dns_queries
+            .get_or_create(&DnsLabels { qtype, decision })
+            .inc();
+        self.dns_latency.observe(seconds);
     }
 
     /// A config reload was applied (`ok`) or rejected (`failed`).

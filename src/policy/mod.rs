@@ -253,6 +253,42 @@ impl Policy {
         }
     }
 
+    /// Whether the guest resolver may answer for `host`: `Ok` with a decision that lets some
+    /// connection to it through, `Err` with the deny decision otherwise. Pure, like
+    /// [`Policy::decide`], which it calls for the ports the policy speaks about for this
+    /// host: 443 for CONNECT, 80 for plain HTTP, and every port a rule matching the host
+    /// names. So a name no rule matches is resolvable when the default rung is not deny, and
+    /// a name some rule matches is judged by the rules (the default rung applies only at
+    /// those ports no matching rule covers): a deny rule for the exact name wins, as it does
+    /// in `decide`, and a port nothing names never makes a name resolvable.
+    pub fn resolvable(&self, host: &Host) -> Result<Decision, Decision> {
+        let mut candidates: Vec<(u16, Scheme)> = vec![(443, Scheme::Connect), (80, Scheme::Http)];
+        for rule in self.rules.iter().filter(|r| r.pattern.matches(host)) {
+            for port in rule.ports.iter().flatten() {
+                if !candidates.iter().any(|(p, _)| p == port) {
+                    candidates.push((*port, Scheme::Connect));
+                }
+            }
+        }
+        let mut denied = None;
+        for (port, scheme) in candidates {
+            let d = self.decide(host, port, scheme);
+            if d.rung != Rung::Deny {
+                return Ok(d);
+            }
+            denied.get_or_insert(d);
+        }
+        Err(denied.unwrap_or_else(|| self.decide(host, 443, Scheme::Connect)))
+    }
+
+    /// True when a rule names `host` exactly (not through a wildcard): operator intent that
+    /// lets the guest resolver skip its exfiltration heuristics for this name.
+    pub fn names_exactly(&self, host: &Host) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.pattern, HostPattern::Exact(_)) && r.pattern.matches(host))
+    }
+
     /// Parses `raw` (an SNI or a request's host) and checks it falls under the same rule as
     /// `decision`: the SNI and every request host of a session must, so one rule governs the
     /// CONNECT host, the TLS name and the HTTP host alike.
@@ -486,6 +522,110 @@ mod tests {
             let d = p.decide(&Host::parse(host).unwrap(), *port, *scheme);
             assert_eq!((d.rung, &*d.rule_id), (*rung, *id), "case `{case}`");
         }
+    }
+
+    #[test]
+    fn resolvable_table() {
+        let p = policy();
+        let open = Policy::new(
+            vec![
+                rule("evil", "evil.example", None, Rung::Deny),
+                rule("evil-sub", "*.evil.example", None, Rung::Deny),
+                rule("smtp", "mail.example", Some(vec![25]), Rung::Deny),
+                rule("ok", "ok.evil.example", None, Rung::Passthrough),
+            ],
+            Rung::Passthrough,
+        );
+        // (case, policy, host, resolvable, rule id of the decision)
+        let cases: &[(&str, &Policy, &str, bool, &str)] = &[
+            ("bump rule", &p, "api.openai.com", true, "openai"),
+            ("wildcard passthrough", &p, "a.b.pypi.org", true, "pypi"),
+            (
+                "exact deny beats wildcard",
+                &p,
+                "files.pypi.org",
+                false,
+                "files",
+            ),
+            (
+                "wildcard does not cover apex",
+                &p,
+                "pypi.org",
+                false,
+                "default_rung",
+            ),
+            ("explicit ports count", &p, "x.corp.example", true, "corp"),
+            (
+                "deeper deny, shallower rule on another port",
+                &p,
+                "x.a.corp.example",
+                true,
+                "corp",
+            ),
+            ("plain http rule", &p, "plain.example", true, "plain"),
+            (
+                "unknown name, default deny",
+                &p,
+                "evil.example",
+                false,
+                "default_rung",
+            ),
+            (
+                "unknown name, default open",
+                &open,
+                "a.test",
+                true,
+                "default_rung",
+            ),
+            (
+                "exact deny wins over default",
+                &open,
+                "evil.example",
+                false,
+                "evil",
+            ),
+            (
+                "wildcard deny wins over default",
+                &open,
+                "x.evil.example",
+                false,
+                "evil-sub",
+            ),
+            (
+                "allow below a wildcard deny",
+                &open,
+                "ok.evil.example",
+                true,
+                "ok",
+            ),
+            (
+                "deny on one port leaves the default ports",
+                &open,
+                "mail.example",
+                true,
+                "default_rung",
+            ),
+        ];
+        for (case, policy, host, ok, id) in cases {
+            let r = policy.resolvable(&Host::parse(host).unwrap());
+            let (got_ok, d) = match &r {
+                Ok(d) => (true, d),
+                Err(d) => (false, d),
+            };
+            assert_eq!((got_ok, &*d.rule_id), (*ok, *id), "case `{case}`");
+            assert_eq!(d.rung == Rung::Deny, !got_ok, "case `{case}`");
+        }
+    }
+
+    #[test]
+    fn exact_names() {
+        let p = policy();
+        let yes = |h: &str| p.names_exactly(&Host::parse(h).unwrap());
+        assert!(yes("api.openai.com"));
+        assert!(yes("files.pypi.org"));
+        assert!(!yes("x.pypi.org"));
+        assert!(!yes("93.184.216.34"));
+        assert!(!yes("other.example"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod admin_auth;
 mod agreement;
 mod bump;
 mod cli;
+mod dns;
 mod foundation;
 mod hiding;
 mod inject;

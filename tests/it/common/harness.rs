@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use egress_edge::app::{AdminListener, App, BuildOptions, Listeners};
+use egress_edge::app::{AdminListener, App, BuildOptions, DnsListener, Listeners};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -25,6 +25,8 @@ pub struct Extra {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The guest resolver (UDP and TCP), bound on `127.0.0.1:0` when the config has `dns:`.
+    pub dns: Option<SocketAddr>,
     pub state: tempfile::TempDir,
     pub config_path: PathBuf,
     pub shared: Arc<egress_edge::state::Shared>,
@@ -80,10 +82,15 @@ impl Proxy {
         let mut listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
         listeners.transparent = extra.transparent;
         listeners.dns = extra.dns;
+        if config.dns.is_some() && listeners.dns.is_empty() {
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            listeners.dns.push(DnsListener::bind(any).await.unwrap());
+        }
         let app = App::build(config, listeners, opts)
             .await
             .map_err(|e| e.to_string())?;
         let (addr, shared, reloader) = (app.proxy_addr, app.shared().clone(), app.reloader());
+        let dns = app.dns_addrs.first().copied();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -91,6 +98,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             admin: admin_addr,
+            dns,
             state,
             config_path,
             shared,
