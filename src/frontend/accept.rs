@@ -9,10 +9,12 @@
 //! decisions and serves nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::context::{ConnCtx, Identity};
 use crate::refusal::{Kind, out_of_descriptors};
 use crate::state::Shared;
 
@@ -126,4 +128,24 @@ impl Acceptor {
             tracing::warn!(listener = self.what, error = %e, suppressed, "accept failed");
         }
     }
+}
+
+/// The context of a newly accepted guest connection, holding one of the process's
+/// `proxy.max_connections` slots; `None` (counted as `proxy_overloaded`) when all are taken.
+pub fn connection(
+    shared: &Arc<Shared>,
+    stream: &TcpStream,
+    peer: SocketAddr,
+) -> Option<Arc<ConnCtx>> {
+    let _ = stream.set_nodelay(true);
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        shared.metrics.refusal(Kind::Overloaded);
+        return None;
+    };
+    Some(Arc::new(ConnCtx {
+        shared: shared.clone(),
+        client: peer,
+        permit: Arc::new(permit),
+        identity: Identity::Anonymous,
+    }))
 }

@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::context::{ConnCtx, Identity};
-use crate::frontend::accept::{Accepted, Acceptor};
+use crate::context::ConnCtx;
+use crate::frontend::accept::{self, Accepted, Acceptor};
 use crate::frontend::forward_proxy;
 use crate::refusal::{self, Kind, Refusal};
 use crate::rung::Ladder;
@@ -43,18 +43,10 @@ impl ProxyListener {
                 }
                 Accepted::Draining => break,
             };
-            let _ = stream.set_nodelay(true);
-            let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
-                self.shared.metrics.refusal(Kind::Overloaded);
+            let Some(ctx) = accept::connection(&self.shared, &stream, peer) else {
                 self.shared.tasks.spawn(overloaded(stream));
                 continue;
             };
-            let ctx = Arc::new(ConnCtx {
-                shared: self.shared.clone(),
-                client: peer,
-                permit: Arc::new(permit),
-                identity: Identity::Anonymous,
-            });
             self.shared
                 .tasks
                 .spawn(serve(stream, ctx, self.ladder.clone()));

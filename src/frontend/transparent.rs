@@ -25,11 +25,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::Body;
-use crate::context::{ConnCtx, Identity, ReqCtx, Target, Via};
-use crate::frontend::accept::{Accepted, Acceptor};
+use crate::context::{ConnCtx, ReqCtx, Target, Via};
+use crate::frontend::accept::{self, Accepted, Acceptor};
 use crate::observe::access_log::{Outcome, Unit};
 use crate::refusal::{self, Kind};
-use crate::rung::sni::{self, HelloError};
+use crate::rung::sni;
 use crate::rung::{self, Ladder, head};
 use crate::state::Shared;
 
@@ -112,18 +112,10 @@ impl TransparentListener {
                 }
                 Accepted::Draining => break,
             };
-            let _ = stream.set_nodelay(true);
-            let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
-                self.shared.metrics.refusal(Kind::Overloaded);
-                drop(stream);
+            // No HTTP to answer with before sniffing: an overloaded guest is closed.
+            let Some(conn) = accept::connection(&self.shared, &stream, peer) else {
                 continue;
             };
-            let conn = Arc::new(ConnCtx {
-                shared: self.shared.clone(),
-                client: peer,
-                permit: Arc::new(permit),
-                identity: Identity::Anonymous,
-            });
             self.shared
                 .tasks
                 .spawn(serve(stream, conn, self.ladder.clone()));
@@ -231,14 +223,10 @@ async fn tls(
     let hello = match sni::read_client_hello(&mut stream, timeout).await {
         Ok(h) => h,
         Err(e) => {
-            let outcome = match e {
-                HelloError::Timeout(_) => Outcome::HandshakeTimeout,
-                HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
-                HelloError::TooLarge | HelloError::NotTls(_) => {
-                    let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
-                    Outcome::NotTls
-                }
-            };
+            let (outcome, alert) = e.outcome();
+            if alert {
+                let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
+            }
             ctx.ev().error = Some(e.to_string());
             return ctx.access.finish(outcome);
         }

@@ -14,7 +14,7 @@ use crate::observe::access_log::Outcome;
 use crate::policy::Decision;
 use crate::refusal::Kind;
 use crate::rung::prefixed::Prefixed;
-use crate::rung::sni::{self, HelloError, PeekedHello};
+use crate::rung::sni::{self, PeekedHello};
 use crate::upstream::tunnel::{self, Stops};
 
 /// What the guest's first bytes are, as far as the frontend read them.
@@ -61,14 +61,10 @@ pub async fn run(
             let hello = match read {
                 Ok(h) => h,
                 Err(e) => {
-                    let outcome = match e {
-                        HelloError::Timeout(_) => Outcome::HandshakeTimeout,
-                        HelloError::Eof | HelloError::Io(_) => Outcome::GuestClosed,
-                        HelloError::TooLarge | HelloError::NotTls(_) => {
-                            let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
-                            Outcome::NotTls
-                        }
-                    };
+                    let (outcome, alert) = e.outcome();
+                    if alert {
+                        let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+                    }
                     access.ev.error = Some(e.to_string());
                     return access.finish(outcome);
                 }

@@ -60,6 +60,19 @@ pub enum HelloError {
     Io(#[from] io::Error),
 }
 
+impl HelloError {
+    /// How a unit that failed here ended, and whether the guest should get a TLS alert (it
+    /// sent something, just not a usable ClientHello).
+    pub fn outcome(&self) -> (crate::observe::access_log::Outcome, bool) {
+        use crate::observe::access_log::Outcome;
+        match self {
+            HelloError::Timeout(_) => (Outcome::HandshakeTimeout, false),
+            HelloError::Eof | HelloError::Io(_) => (Outcome::GuestClosed, false),
+            HelloError::TooLarge | HelloError::NotTls(_) => (Outcome::NotTls, true),
+        }
+    }
+}
+
 /// The raw bytes read and the server name they carry (if any), lowercase as sent.
 #[derive(Debug)]
 pub struct PeekedHello {

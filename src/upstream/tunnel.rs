@@ -10,6 +10,7 @@
 //! are there to move, so an idle tunnel holds no copy buffer at all (thousands of idle
 //! tunnels are the normal state of a busy sandbox host).
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -62,71 +63,85 @@ pub struct Stops {
     pub kill: CancellationToken,
 }
 
+/// What both directions of one tunnel share: byte counts, the last time bytes moved, and
+/// whether one side has finished.
+struct Meter {
+    start: Instant,
+    last: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+    half_closed: AtomicBool,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            half_closed: AtomicBool::new(false),
+        }
+    }
+
+    fn moved(&self, count: &AtomicU64, n: usize) {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs both directions until they are done or a stop fires.
+    async fn run(
+        &self,
+        a: impl Future<Output = io::Result<()>>,
+        b: impl Future<Output = io::Result<()>>,
+        stops: &Stops,
+    ) -> Spliced {
+        let both = async {
+            match tokio::try_join!(a, b) {
+                Ok(_) => End::Closed,
+                // Once one side has finished, a reset or broken pipe on the other is how many
+                // peers close (no lingering, no TLS close_notify): the tunnel did its job.
+                Err(e) if self.half_closed.load(Ordering::Relaxed) && is_closing(&e) => End::Closed,
+                Err(_) => End::Error,
+            }
+        };
+        let end = tokio::select! {
+            end = both => end,
+            () = idle_watch(&self.last, stops.idle, self.start) => End::IdleTimeout,
+            () = stops.shutdown.cancelled() => End::Shutdown,
+            () = stops.kill.cancelled() => End::KillSwitch,
+        };
+        Spliced {
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+            end,
+        }
+    }
+}
+
+/// Splices any two streams (an upgraded bumped request and its upstream).
 pub async fn splice<G, U>(guest: G, upstream: U, stops: &Stops) -> Spliced
 where
     G: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
+    let meter = Meter::new();
     let (mut gr, mut gw) = tokio::io::split(guest);
     let (mut ur, mut uw) = tokio::io::split(upstream);
-    let half_closed = AtomicBool::new(false);
-    let both = async {
-        let a = pump(&mut gr, &mut uw, &up, &last, start, &half_closed);
-        let b = pump(&mut ur, &mut gw, &down, &last, start, &half_closed);
-        match tokio::try_join!(a, b) {
-            Ok(_) => End::Closed,
-            // Once one side has finished, a reset or broken pipe on the other is how many
-            // peers close (no lingering, no TLS close_notify): the tunnel did its job.
-            Err(e) if half_closed.load(Ordering::Relaxed) && is_closing(&e) => End::Closed,
-            Err(_) => End::Error,
-        }
-    };
-    let end = tokio::select! {
-        end = both => end,
-        () = idle_watch(&last, stops.idle, start) => End::IdleTimeout,
-        () = stops.shutdown.cancelled() => End::Shutdown,
-        () = stops.kill.cancelled() => End::KillSwitch,
-    };
-    Spliced {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        end,
-    }
+    let a = pump(&mut gr, &mut uw, &meter.up, &meter);
+    let b = pump(&mut ur, &mut gw, &meter.down, &meter);
+    meter.run(a, b, stops).await
 }
 
 /// Splices two TCP connections (the pass-through rung).
 pub async fn splice_tcp(guest: TcpStream, upstream: TcpStream, stops: &Stops) -> Spliced {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
+    let meter = Meter::new();
     let (gr, mut gw) = guest.into_split();
     let (ur, mut uw) = upstream.into_split();
-    let half_closed = AtomicBool::new(false);
-    let both = async {
-        let a = pump_tcp(&gr, &mut uw, &up, &last, start, &half_closed);
-        let b = pump_tcp(&ur, &mut gw, &down, &last, start, &half_closed);
-        match tokio::try_join!(a, b) {
-            Ok(_) => End::Closed,
-            Err(e) if half_closed.load(Ordering::Relaxed) && is_closing(&e) => End::Closed,
-            Err(_) => End::Error,
-        }
-    };
-    let end = tokio::select! {
-        end = both => end,
-        () = idle_watch(&last, stops.idle, start) => End::IdleTimeout,
-        () = stops.shutdown.cancelled() => End::Shutdown,
-        () = stops.kill.cancelled() => End::KillSwitch,
-    };
-    Spliced {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        end,
-    }
+    let a = pump_tcp(&gr, &mut uw, &meter.up, &meter);
+    let b = pump_tcp(&ur, &mut gw, &meter.down, &meter);
+    meter.run(a, b, stops).await
 }
 
 /// One direction of [`splice_tcp`]: wait until `r` is readable holding nothing, then move
@@ -135,9 +150,7 @@ async fn pump_tcp(
     r: &OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     count: &AtomicU64,
-    last: &AtomicU64,
-    start: Instant,
-    half_closed: &AtomicBool,
+    meter: &Meter,
 ) -> io::Result<()> {
     loop {
         r.readable().await?;
@@ -147,14 +160,13 @@ async fn pump_tcp(
             buf.clear();
             match r.try_read_buf(&mut buf) {
                 Ok(0) => {
-                    half_closed.store(true, Ordering::Relaxed);
+                    meter.half_closed.store(true, Ordering::Relaxed);
                     let _ = w.shutdown().await;
                     return Ok(());
                 }
                 Ok(n) => {
                     w.write_all(&buf[..n]).await?;
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    meter.moved(count, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -176,14 +188,7 @@ pub fn is_closing(e: &std::io::Error) -> bool {
     )
 }
 
-async fn pump<R, W>(
-    r: &mut R,
-    w: &mut W,
-    count: &AtomicU64,
-    last: &AtomicU64,
-    start: Instant,
-    half_closed: &AtomicBool,
-) -> std::io::Result<()>
+async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, meter: &Meter) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -194,13 +199,12 @@ where
         if n == 0 {
             // Half-close: the other direction may still be streaming (a download after the
             // request body ended).
-            half_closed.store(true, Ordering::Relaxed);
+            meter.half_closed.store(true, Ordering::Relaxed);
             let _ = w.shutdown().await;
             return Ok(());
         }
         w.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        meter.moved(count, n);
     }
 }
 
