@@ -172,6 +172,31 @@ default_rung: deny
         )
     }
 
+    /// `https://{name}{path}` from the guest with the name pinned to `addr` (`--resolve`),
+    /// trusting `ca`; `extra` goes before the URL.
+    async fn https(
+        &self,
+        name: &str,
+        addr: &str,
+        path: &str,
+        ca: &std::path::Path,
+        extra: &[&str],
+    ) -> (i32, String, String) {
+        let resolve = format!("{name}:443:{addr}");
+        let ca = ca.display().to_string();
+        let url = format!("https://{name}{path}");
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        self.curl(&args).await
+    }
+
+    fn upstream_connections(&self) -> usize {
+        self.seen_tls
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// python3 in the guest: connect to addr:port, send `send`, print what comes back.
     async fn raw(&self, host: &str, port: u16, send: &str) -> String {
         let script = format!(
@@ -215,18 +240,9 @@ async fn access_event(needles: &[&str]) -> serde_json::Value {
 async fn tls_passes_through_to_the_vetted_address_and_fronting_is_refused() {
     let net = Net::new().await;
     let up = net.name("up");
-    let ca = net.up_ca.display().to_string();
+    let ca = net.up_ca.clone();
     // The guest resolved the name to the address the proxy also resolves it to: allowed.
-    let resolve = format!("{up}:443:{UP4}");
-    let (rc, code, body) = net
-        .curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            &format!("https://{up}/small"),
-        ])
-        .await;
+    let (rc, code, body) = net.https(&up, UP4, "/small", &ca, &[]).await;
     assert_eq!((rc, code.as_str()), (0, "200"), "{body}");
     let ev = access_event(&[&up, "\"outcome\":\"ok\""]).await;
     assert_eq!(ev["original_dst"], format!("{UP4}:443"));
@@ -237,86 +253,39 @@ async fn tls_passes_through_to_the_vetted_address_and_fronting_is_refused() {
 
     // `curl --resolve allowed:443:<another address>`: the upstream listens there too, so only
     // the binding check stands between the guest and it.
-    let before = net
-        .seen_tls
-        .connections
-        .load(std::sync::atomic::Ordering::SeqCst);
-    let resolve = format!("{up}:443:{OTHER4}");
-    let (rc, _, _) = net
-        .curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            &format!("https://{up}/small"),
-        ])
-        .await;
+    let before = net.upstream_connections();
+    let (rc, _, _) = net.https(&up, OTHER4, "/small", &ca, &[]).await;
     assert_ne!(rc, 0, "a fronted connection must fail");
     let ev = access_event(&[&up, "address_mismatch"]).await;
     assert_eq!(ev["original_dst"], format!("{OTHER4}:443"));
     assert_eq!(
-        net.seen_tls
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
+        net.upstream_connections(),
         before,
         "the proxy must not dial the guest's chosen address"
     );
 
     // A name no rule allows, at an address the upstream answers on.
     let denied = net.name("denied");
-    let resolve = format!("{denied}:443:{UP4}");
-    let (rc, _, _) = net
-        .curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            &format!("https://{denied}/small"),
-        ])
-        .await;
+    let (rc, _, _) = net.https(&denied, UP4, "/small", &ca, &[]).await;
     assert_ne!(rc, 0);
     let ev = access_event(&[&denied, "destination_denied"]).await;
     assert_eq!(ev["rule"], "default_rung");
-    assert_eq!(
-        net.seen_tls
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        before
-    );
+    assert_eq!(net.upstream_connections(), before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ipv6_connections_are_recovered_and_bound() {
     let net = Net::new().await;
     let six = net.name("six");
-    let ca = net.up_ca.display().to_string();
-    let resolve = format!("{six}:443:[{UP6}]");
-    let (rc, code, body) = net
-        .curl(&[
-            "-6",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            &format!("https://{six}/small"),
-        ])
-        .await;
+    let ca = net.up_ca.clone();
+    let v6 = format!("[{UP6}]");
+    let (rc, code, body) = net.https(&six, &v6, "/small", &ca, &["-6"]).await;
     assert_eq!((rc, code.as_str()), (0, "200"), "{body}");
     let ev = access_event(&[&six, "\"outcome\":\"ok\""]).await;
     assert_eq!(ev["original_dst"], format!("[{UP6}]:443"));
     // The IPv4 upstream's name on the IPv6 address: not an address the name resolves to.
     let up = net.name("up");
-    let resolve = format!("{up}:443:[{UP6}]");
-    let (rc, _, _) = net
-        .curl(&[
-            "-6",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            &format!("https://{up}/small"),
-        ])
-        .await;
+    let (rc, _, _) = net.https(&up, &v6, "/small", &ca, &["-6"]).await;
     assert_ne!(rc, 0);
     let ev = access_event(&[&up, "address_mismatch"]).await;
     assert_eq!(ev["original_dst"], format!("[{UP6}]:443"));
@@ -332,20 +301,9 @@ async fn bumped_connections_get_the_credential_for_a_handle() {
             r#"{{"credentials":["openai-key"],"ttl":"5m","host":"{bump}"}}"#
         ))
         .await;
-    let ca = net.proxy.bump_ca_path().display().to_string();
-    let resolve = format!("{bump}:443:{UP4}");
+    let ca = net.proxy.bump_ca_path();
     let auth = format!("Authorization: Bearer {handle}");
-    let (rc, code, body) = net
-        .curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            "-H",
-            &auth,
-            &format!("https://{bump}/headers"),
-        ])
-        .await;
+    let (rc, code, body) = net.https(&bump, UP4, "/headers", &ca, &["-H", &auth]).await;
     assert_eq!((rc, code.as_str()), (0, "200"), "{body}");
     let seen = net.seen_tls.requests.lock().unwrap().clone();
     let (_, headers) = seen
@@ -360,16 +318,7 @@ async fn bumped_connections_get_the_credential_for_a_handle() {
     let ev = access_event(&[&bump, "bump_session"]).await;
     assert_eq!(ev["original_dst"], format!("{UP4}:443"));
     // Fronting a bumped name: refused before any TLS is terminated.
-    let resolve = format!("{bump}:443:{OTHER4}");
-    let (rc, _, _) = net
-        .curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            &format!("https://{bump}/headers"),
-        ])
-        .await;
+    let (rc, _, _) = net.https(&bump, OTHER4, "/headers", &ca, &[]).await;
     assert_ne!(rc, 0);
     access_event(&[&bump, "address_mismatch"]).await;
 }
