@@ -28,6 +28,7 @@ struct Sampled {
     leaf_mints: Counter<u64, AtomicU64>,
     leaf_mint_failures: Counter<u64, AtomicU64>,
     leaf_mint_seconds: Counter<f64, AtomicU64>,
+    leaf_cache_entries: Gauge,
     sds_connected: Gauge,
     sds_reconnects: Counter<u64, AtomicU64>,
     sds_nacks: Counter<u64, AtomicU64>,
@@ -73,6 +74,11 @@ impl Api {
                 "leaf_cache_hits",
                 "Leaf certificate cache hits",
                 s.leaf_hits.clone(),
+            );
+            r.register(
+                "leaf_cache_entries",
+                "Leaf certificates held in the cache now",
+                s.leaf_cache_entries.clone(),
             );
             r.register(
                 "leaf_cache_misses",
@@ -125,7 +131,10 @@ impl Api {
     pub fn metrics_text(&self, shared: &Shared) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.sampled;
-        let st = self.bumper.leaves().stats().snapshot();
+        let leaves = self.bumper.leaves();
+        s.leaf_cache_entries
+            .set(i64::try_from(leaves.entry_count()).unwrap_or(i64::MAX));
+        let st = leaves.stats().snapshot();
         s.leaf_hits.inner().store(st.hits, Relaxed);
         s.leaf_misses.inner().store(st.misses, Relaxed);
         s.leaf_mints.inner().store(st.mints, Relaxed);

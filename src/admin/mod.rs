@@ -251,10 +251,13 @@ async fn route(
 fn readyz(ctx: &AdminCtx) -> Response<Body> {
     let listeners = ctx.ready.load(Ordering::SeqCst);
     let secrets = ctx.api.secrets_ready();
-    if listeners && secrets {
+    let draining = ctx.shared.draining.is_cancelled();
+    if listeners && secrets && !draining {
         text(StatusCode::OK, "ready\n", "text/plain")
     } else {
-        let why = if listeners {
+        let why = if draining {
+            "draining: shutting down, no new connections"
+        } else if listeners {
             "secrets not yet delivered"
         } else {
             "listeners not yet serving"

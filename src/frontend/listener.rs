@@ -8,6 +8,7 @@
 //! task tracker and end at hard stop. It makes no policy decisions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::context::ConnCtx;
 use crate::frontend::accept::{self, Accepted, Acceptor};
 use crate::frontend::forward_proxy;
+use crate::observe::access_log::Outcome;
+use crate::observe::rate_limit::RateLimited;
 use crate::refusal::{self, Kind, Refusal};
 use crate::rung::Ladder;
 use crate::state::Shared;
@@ -44,6 +47,7 @@ impl ProxyListener {
                 Accepted::Draining => break,
             };
             let Some(ctx) = accept::connection(&self.shared, &stream, peer) else {
+                overload_logged(peer);
                 self.shared.tasks.spawn(overloaded(stream));
                 continue;
             };
@@ -51,6 +55,17 @@ impl ProxyListener {
                 .tasks
                 .spawn(serve(stream, ctx, self.ladder.clone()));
         }
+    }
+}
+
+static OVERLOADS: RateLimited = RateLimited::new(Duration::from_secs(1));
+static HEADER_TIMEOUTS: RateLimited = RateLimited::new(Duration::from_secs(1));
+
+/// A guest refused at `proxy.max_connections`: counted by the caller, logged at most once a
+/// second.
+pub(super) fn overload_logged(client: std::net::SocketAddr) {
+    if let Some(suppressed) = OVERLOADS.check() {
+        tracing::warn!(%client, suppressed, "at proxy.max_connections: refusing new guest connections with proxy_overloaded");
     }
 }
 
@@ -79,7 +94,15 @@ async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, ladder: Arc<Ladder>) {
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(client = %ctx.client, error = %e, "guest connection ended with an error");
+                if e.is_timeout() {
+                    // A head that did not arrive in proxy.header_read_timeout (slowloris).
+                    shared.metrics.connection(None, None, Outcome::HeaderTimeout);
+                    if let Some(suppressed) = HEADER_TIMEOUTS.check() {
+                        tracing::warn!(client = %ctx.client, suppressed, "guest connection closed: no complete request head within proxy.header_read_timeout");
+                    }
+                } else {
+                    tracing::debug!(client = %ctx.client, error = %e, "guest connection ended with an error");
+                }
             }
         }
         () = shared.draining.cancelled() => {

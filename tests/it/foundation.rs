@@ -528,8 +528,11 @@ async fn shutdown_drains_an_open_tunnel() {
     .unwrap();
     proxy.shutdown();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // No new connections are accepted...
+    // No new connections are accepted, and readiness says why...
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
+    let (s, _, body) = http_get(proxy.admin, "/readyz", &[]).await;
+    assert_eq!(s, 503);
+    assert!(body.contains("draining"), "{body}");
     // ...but the open tunnel keeps working.
     tls.write_all(b"GET /small HTTP/1.1\r\nHost: upstream.test\r\nConnection: close\r\n\r\n")
         .await
@@ -557,4 +560,29 @@ async fn admin_health_ready_and_access_log_shape() {
     assert_eq!(s, 200);
     let v = json(&body);
     assert_eq!(v["default_rung"], "deny");
+}
+
+/// A guest that trickles a request head (slowloris) on the explicit listener is cut at
+/// `proxy.header_read_timeout`, and the cut is counted.
+#[tokio::test]
+async fn a_trickled_head_is_cut_at_the_header_timeout_and_counted() {
+    let proxy = Proxy::start("state_dir: STATE_DIR\nproxy: { header_read_timeout: 1s }\n").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"CONNECT upstream.test:443 HTTP/1.1\r\nHost: ups")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut b = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the trickled head was not cut");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    proxy.wait_metric("outcome=\"header_timeout\"").await;
 }

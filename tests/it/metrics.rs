@@ -157,6 +157,7 @@ default_rung: deny
         ("egress_edge_leaf_mints", "counter"),
         ("egress_edge_leaf_cache_hits", "counter"),
         ("egress_edge_leaf_cache_misses", "counter"),
+        ("egress_edge_leaf_cache_entries", "gauge"),
         ("egress_edge_leaf_mint_failures", "counter"),
         ("egress_edge_leaf_mint_seconds", "counter"),
         ("egress_edge_handle_redemptions", "counter"),
