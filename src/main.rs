@@ -11,6 +11,11 @@ use egress_edge::cli::{
 };
 use egress_edge::config::{self, Config};
 
+/// mimalloc returns freed memory to the system: RSS comes back down after a burst of
+/// thousands of tunnels closes (glibc's allocator kept it; see bench/soak/idle-tunnels.sh).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

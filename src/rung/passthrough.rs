@@ -89,6 +89,8 @@ pub async fn run(
         return access.finish(Outcome::UpstreamConnect);
     }
     access.ev.bytes_up = first.len() as u64;
+    // The tunnel may stay open for hours: keep nothing it no longer needs.
+    drop(first);
     let stops = Stops {
         idle: snap.config.proxy.idle_timeout,
         shutdown: shared.hard_stop.clone(),

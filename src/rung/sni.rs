@@ -94,7 +94,9 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
 async fn read_inner<R: AsyncRead + Unpin>(io: &mut R) -> Result<PeekedHello, HelloError> {
     let mut acceptor = Acceptor::default();
     let mut bytes = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
+    // On the heap, not in the future: the future's size is what a tunnel task keeps for its
+    // whole life, long after the hello was read.
+    let mut chunk = vec![0u8; 4096];
     loop {
         let n = io.read(&mut chunk).await?;
         if n == 0 {
