@@ -25,6 +25,8 @@ mod context;
 mod credential;
 mod crypto;
 mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jail;
 pub mod net;
 pub mod observe;

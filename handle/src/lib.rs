@@ -176,3 +176,64 @@ impl fmt::Debug for HandleAuthority {
             .finish()
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` and their stable replay test. Not an API:
+/// hidden, unversioned, and may change with any commit.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::detect::{Shape, contains_handle, find_handles, looks_like_handle, redact_in, scan};
+    use crate::token;
+
+    /// The token parser: split and base64 layer, then (first byte `!`) the binary payload
+    /// decoder directly, so fuzzing is not stopped by the signature check in front of it.
+    pub fn token(data: &[u8]) {
+        if let Some(payload) = data.strip_prefix(b"!") {
+            if let Ok(claims) = token::decode_payload(payload) {
+                assert_eq!(
+                    token::encode_payload(&claims).ok().as_deref(),
+                    Some(payload),
+                    "a decoded payload re-encodes to itself"
+                );
+            }
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let _ = crate::detect::redact(text);
+        if let Ok(raw) = token::split(text) {
+            let _ = token::peek_kid(&raw.payload);
+            let _ = token::decode_payload(&raw.payload);
+        }
+    }
+
+    /// The detector over raw request bytes, and the string helpers on top of it.
+    pub fn detect(data: &[u8]) {
+        let found = scan(data);
+        for c in found.candidates() {
+            assert!(c.span().start <= c.span().end && c.span().end <= data.len());
+            let _ = c.redacted();
+        }
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let redacted = redact_in(text);
+        for c in found.well_formed() {
+            if c.text().len() > 16 {
+                assert!(
+                    !redacted.contains(c.text()),
+                    "a well-formed handle survives redaction"
+                );
+            }
+        }
+        assert_eq!(contains_handle(text), !find_handles(text).is_empty());
+        if looks_like_handle(text) {
+            assert!(
+                found
+                    .candidates()
+                    .iter()
+                    .any(|c| c.shape() == Shape::WellFormed)
+            );
+        }
+    }
+}

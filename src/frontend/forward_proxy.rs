@@ -105,7 +105,7 @@ async fn absolute(req: Request<Incoming>, conn: Arc<ConnCtx>, start: Instant) ->
 /// The port an authority names, if it names one. Userinfo (`user@host`) and ports that are not
 /// a number in 1..=65535 are refused rather than read leniently (a lenient reader would send
 /// `host:99999` to port 80).
-fn explicit_port(authority: &Authority) -> Result<Option<u16>, &'static str> {
+pub(crate) fn explicit_port(authority: &Authority) -> Result<Option<u16>, &'static str> {
     let s = authority.as_str();
     if s.contains('@') {
         return Err("the authority carries userinfo (`user@host`); send host:port only");

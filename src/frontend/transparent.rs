@@ -43,7 +43,7 @@ pub struct TransparentListener {
 
 /// What the first bytes of a redirected connection say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sniffed {
+pub(crate) enum Sniffed {
     Tls,
     Http,
     /// Neither, or nothing sent in time (a protocol where the server speaks first).
@@ -56,7 +56,7 @@ const MAX_METHOD: usize = 16;
 
 /// Classifies a connection by its first bytes: a TLS handshake record, an HTTP request line
 /// (an uppercase method token and a space), or anything else. `None`: not enough bytes yet.
-fn classify(first: &[u8]) -> Option<Sniffed> {
+pub(crate) fn classify(first: &[u8]) -> Option<Sniffed> {
     match first.first()? {
         0x16 => return Some(Sniffed::Tls),
         b'A'..=b'Z' => {}
@@ -304,6 +304,11 @@ fn named_host(req: &Request<Incoming>) -> Result<String, &'static str> {
             .map_err(|_| "the Host header is not valid text")?
             .to_owned(),
     };
+    host_in(&raw)
+}
+
+/// The host of an absolute-form authority or `Host` header value (userinfo refused).
+pub(crate) fn host_in(raw: &str) -> Result<String, &'static str> {
     let authority: http::uri::Authority = raw.parse().map_err(|_| "the Host is malformed")?;
     if authority.as_str().contains('@') {
         return Err("the Host carries userinfo (`user@host`)");

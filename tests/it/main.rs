@@ -11,6 +11,7 @@ mod bump;
 mod cli;
 mod dns;
 mod foundation;
+mod fuzz_replay;
 mod hiding;
 mod inject;
 mod jail;

@@ -5,7 +5,7 @@
 //! disconnects and server restarts the last good values stay in the store.
 
 mod connect;
-mod session;
+pub(crate) mod session;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

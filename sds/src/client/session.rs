@@ -153,29 +153,41 @@ async fn session(
             Err(s) => return Err(status_text(&s)),
         };
         *got_response = true;
-        let reply = match check_response(&response, &ctx.names) {
-            Ok(secrets) => {
-                let count = secrets.len();
-                store.update_many(secrets, &response.version_info);
-                store.record_ack();
-                *accepted_version = response.version_info.clone();
-                tracing::info!(version = %response.version_info, secrets = count, "SDS update applied");
-                ctx.request(accepted_version, &response.nonce, None)
-            }
-            Err(Rejection { secret, reason }) => {
-                tracing::warn!(
-                    version = %response.version_info,
-                    nonce = %response.nonce,
-                    error = %reason,
-                    "SDS response rejected (NACK); keeping last good secrets"
-                );
-                store.record_nack(secret.as_deref(), &reason);
-                ctx.request(accepted_version, &response.nonce, Some(reason))
-            }
-        };
+        let error = apply_response(store, &ctx.names, accepted_version, &response).err();
+        let reply = ctx.request(accepted_version, &response.nonce, error);
         tx.send(reply)
             .await
             .map_err(|_| "request stream closed".to_string())?;
+    }
+}
+
+/// Applies one response to `store` all-or-nothing and records the ACK (updating
+/// `accepted_version`) or the NACK; `Err` is the NACK reason. No I/O.
+pub(crate) fn apply_response(
+    store: &SecretStore,
+    names: &BTreeSet<String>,
+    accepted_version: &mut String,
+    response: &DiscoveryResponse,
+) -> Result<(), String> {
+    match check_response(response, names) {
+        Ok(secrets) => {
+            let count = secrets.len();
+            store.update_many(secrets, &response.version_info);
+            store.record_ack();
+            *accepted_version = response.version_info.clone();
+            tracing::info!(version = %response.version_info, secrets = count, "SDS update applied");
+            Ok(())
+        }
+        Err(Rejection { secret, reason }) => {
+            tracing::warn!(
+                version = %response.version_info,
+                nonce = %response.nonce,
+                error = %reason,
+                "SDS response rejected (NACK); keeping last good secrets"
+            );
+            store.record_nack(secret.as_deref(), &reason);
+            Err(reason)
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 //! silence; responses sent to it are ignored. It parses and builds messages with
 //! `hickory-proto` only.
 
-mod answer;
+pub(crate) mod answer;
 pub mod guard;
 
 use std::net::SocketAddr;
