@@ -97,7 +97,7 @@ pub mod fuzzing {
             vec![Secret::generic("x".to_owned()).to_any("other")],
         );
         vec![
-            frame(&[ok1.clone()]),
+            frame(std::slice::from_ref(&ok1)),
             frame(&[ok1.clone(), ok2.clone()]),
             frame(&[ok1.clone(), dup, ok2.clone()]),
             frame(&[ok2.clone(), unrequested, ok1.clone()]),
