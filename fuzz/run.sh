@@ -4,7 +4,8 @@
 # crashes found. Crash inputs are copied to fuzz/regressions/<target>/, where the stable replay
 # test (`cargo test --test it fuzz_replay`) picks them up.
 #
-# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The seed corpus in
+# Builds are release with debug assertions and overflow checks, under AddressSanitizer
+# (cargo-fuzz defaults). Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The seed corpus in
 # fuzz/corpus/<target>/ is only read; inputs libFuzzer finds go to fuzz/target/work/<target>/.
 # Environment: TARGETS="a b" to run only some targets, FUZZ_JOBS=N to run N targets at once
 # (default 1), FUZZ_ARGS for extra libFuzzer flags.
@@ -17,7 +18,7 @@ TARGETS=${TARGETS:-$(cargo +nightly fuzz list)}
 JOBS=${FUZZ_JOBS:-1}
 mkdir -p target/logs
 
-cargo +nightly fuzz build --release >/dev/null || exit 1
+cargo +nightly fuzz build >/dev/null || exit 1
 
 run_one() {
     local t=$1
@@ -25,7 +26,7 @@ run_one() {
     rm -rf "$art"
     mkdir -p "$work" "$art" "corpus/$t"
     # shellcheck disable=SC2086
-    cargo +nightly fuzz run --release "$t" "$work" "corpus/$t" -- \
+    cargo +nightly fuzz run "$t" "$work" "corpus/$t" -- \
         -max_total_time="$SECONDS_EACH" -artifact_prefix="$FUZZ_DIR/$art" \
         -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
     echo "$?" >"target/logs/$t.rc"
