@@ -10,17 +10,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::{ConnCtx, Identity};
+use crate::observe::rate_limit::RateLimited;
 use crate::refusal::{Kind, out_of_descriptors};
 use crate::state::Shared;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Guests refused at `proxy.max_connections`, over every listener.
+static OVERLOADS: RateLimited = RateLimited::new(LOG_EVERY);
 
 /// What the next accept produced.
 #[derive(Debug)]
@@ -39,8 +43,7 @@ pub struct Acceptor {
     what: &'static str,
     spare: Option<std::fs::File>,
     backoff: Duration,
-    last_log: Option<Instant>,
-    suppressed: u64,
+    errors: RateLimited,
 }
 
 fn spare() -> Option<std::fs::File> {
@@ -54,8 +57,7 @@ impl Acceptor {
             what,
             spare: spare(),
             backoff: BACKOFF_MIN,
-            last_log: None,
-            suppressed: 0,
+            errors: RateLimited::new(LOG_EVERY),
         }
     }
 
@@ -111,17 +113,10 @@ impl Acceptor {
         }
     }
 
-    fn log(&mut self, e: &std::io::Error, exhausted: bool) {
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_some_and(|t| now.duration_since(t) < LOG_EVERY)
-        {
-            self.suppressed += 1;
+    fn log(&self, e: &std::io::Error, exhausted: bool) {
+        let Some(suppressed) = self.errors.check() else {
             return;
-        }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        self.last_log = Some(now);
+        };
         if exhausted {
             tracing::warn!(listener = self.what, error = %e, suppressed, "out of file descriptors: shedding guest connections (raise the process's RLIMIT_NOFILE or lower proxy.max_connections)");
         } else {
@@ -131,7 +126,8 @@ impl Acceptor {
 }
 
 /// The context of a newly accepted guest connection, holding one of the process's
-/// `proxy.max_connections` slots; `None` (counted as `proxy_overloaded`) when all are taken.
+/// `proxy.max_connections` slots; `None` (counted as `proxy_overloaded`, logged at most once
+/// a second) when all are taken.
 pub fn connection(
     shared: &Arc<Shared>,
     stream: &TcpStream,
@@ -140,6 +136,9 @@ pub fn connection(
     let _ = stream.set_nodelay(true);
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         shared.metrics.refusal(Kind::Overloaded);
+        if let Some(suppressed) = OVERLOADS.check() {
+            tracing::warn!(client = %peer, suppressed, "at proxy.max_connections: refusing new guest connections with proxy_overloaded");
+        }
         return None;
     };
     Some(Arc::new(ConnCtx {

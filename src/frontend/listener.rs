@@ -47,7 +47,6 @@ impl ProxyListener {
                 Accepted::Draining => break,
             };
             let Some(ctx) = accept::connection(&self.shared, &stream, peer) else {
-                overload_logged(peer);
                 self.shared.tasks.spawn(overloaded(stream));
                 continue;
             };
@@ -58,16 +57,7 @@ impl ProxyListener {
     }
 }
 
-static OVERLOADS: RateLimited = RateLimited::new(Duration::from_secs(1));
 static HEADER_TIMEOUTS: RateLimited = RateLimited::new(Duration::from_secs(1));
-
-/// A guest refused at `proxy.max_connections`: counted by the caller, logged at most once a
-/// second.
-pub(super) fn overload_logged(client: std::net::SocketAddr) {
-    if let Some(suppressed) = OVERLOADS.check() {
-        tracing::warn!(%client, suppressed, "at proxy.max_connections: refusing new guest connections with proxy_overloaded");
-    }
-}
 
 async fn overloaded(mut stream: TcpStream) {
     let r = Refusal::new(Kind::Overloaded, "", 0, "proxy.max_connections");

@@ -114,7 +114,6 @@ impl TransparentListener {
             };
             // No HTTP to answer with before sniffing: an overloaded guest is closed.
             let Some(conn) = accept::connection(&self.shared, &stream, peer) else {
-                super::listener::overload_logged(peer);
                 continue;
             };
             self.shared
