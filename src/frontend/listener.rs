@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::body::Body;
 use crate::context::ConnCtx;
 use crate::frontend::accept::{self, Accepted, Acceptor};
 use crate::frontend::forward_proxy;
@@ -66,39 +67,49 @@ async fn overloaded(mut stream: TcpStream) {
 }
 
 async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, ladder: Arc<Ladder>) {
-    let cfg = ctx.shared.snapshot().config.clone();
-    let shared = ctx.shared.clone();
+    let svc_ctx = ctx.clone();
+    let service =
+        service_fn(move |req| forward_proxy::handle(req, svc_ctx.clone(), ladder.clone()));
+    serve_http1(stream, &ctx, service).await;
+}
+
+/// Serves HTTP/1.1 (upgrades allowed) on a guest connection of either listener, with the
+/// proxy's header buffer bound and header read timeout, until it ends or the drain closes it.
+/// A head that misses `proxy.header_read_timeout` (slowloris) is counted and logged.
+pub(super) async fn serve_http1<S>(stream: TcpStream, conn: &ConnCtx, service: S)
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let cfg = conn.shared.snapshot().config.clone();
+    let shared = &conn.shared;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.proxy.header_read_timeout)
         .max_buf_size(cfg.proxy.max_header_bytes)
         .keep_alive(true);
-    let svc_ctx = ctx.clone();
-    let service =
-        service_fn(move |req| forward_proxy::handle(req, svc_ctx.clone(), ladder.clone()));
-    let conn = builder
+    let served = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::pin!(conn);
+    tokio::pin!(served);
     tokio::select! {
-        r = conn.as_mut() => {
+        r = served.as_mut() => {
             if let Err(e) = r {
                 if e.is_timeout() {
-                    // A head that did not arrive in proxy.header_read_timeout (slowloris).
                     shared.metrics.connection(None, None, Outcome::HeaderTimeout);
                     if let Some(suppressed) = HEADER_TIMEOUTS.check() {
-                        tracing::warn!(client = %ctx.client, suppressed, "guest connection closed: no complete request head within proxy.header_read_timeout");
+                        tracing::warn!(client = %conn.client, suppressed, "guest connection closed: no complete request head within proxy.header_read_timeout");
                     }
                 } else {
-                    tracing::debug!(client = %ctx.client, error = %e, "guest connection ended with an error");
+                    tracing::debug!(client = %conn.client, error = %e, "guest connection ended with an error");
                 }
             }
         }
         () = shared.draining.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            served.as_mut().graceful_shutdown();
             tokio::select! {
-                _ = conn.as_mut() => {}
+                _ = served.as_mut() => {}
                 () = shared.hard_stop.cancelled() => {}
             }
         }

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -257,37 +255,15 @@ async fn tls(
     ladder.transparent(ctx, host, stream, original, hello).await;
 }
 
-/// A redirected plain-HTTP connection: HTTP/1.1 served here, each request named by its
-/// `Host` and bound to the original destination.
+/// A redirected plain-HTTP connection: HTTP/1.1 served here (the explicit listener's serve
+/// loop), each request named by its `Host` and bound to the original destination.
 async fn http(stream: TcpStream, conn: Arc<ConnCtx>, original: SocketAddr) {
-    let cfg = conn.shared.snapshot().config.clone();
-    let shared = conn.shared.clone();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.proxy.header_read_timeout)
-        .max_buf_size(cfg.proxy.max_header_bytes)
-        .keep_alive(true);
+    let svc_conn = conn.clone();
     let service = service_fn(move |req| {
-        let conn = conn.clone();
+        let conn = svc_conn.clone();
         async move { Ok::<_, std::convert::Infallible>(request(req, conn, original).await) }
     });
-    let served = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(served);
-    tokio::select! {
-        r = served.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "transparent HTTP connection ended with an error");
-            }
-        }
-        () = shared.draining.cancelled() => {
-            served.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = served.as_mut() => {}
-                () = shared.hard_stop.cancelled() => {}
-            }
-        }
-    }
+    super::listener::serve_http1(stream, &conn, service).await;
 }
 
 /// The host a transparent HTTP request names: the authority of an absolute-form target, else
