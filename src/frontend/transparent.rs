@@ -158,6 +158,18 @@ fn unmapped(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The context of one unit on a redirected connection: its destination is the original one
+/// until the SNI or `Host` names it.
+fn unit(conn: Arc<ConnCtx>, kind: Unit, start: Instant, original: SocketAddr) -> ReqCtx {
+    let mut ctx = ReqCtx::new(conn, kind, start);
+    ctx.port = original.port();
+    let ev = ctx.ev();
+    ev.original_dst = Some(original);
+    ev.host = original.ip().to_string();
+    ev.port = original.port();
+    ctx
+}
+
 async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, ladder: Arc<Ladder>) {
     let start = Instant::now();
     let snap = conn.shared.snapshot();
@@ -180,8 +192,7 @@ async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, ladder: Arc<Ladder>) {
         Sniffed::Tls => tls(stream, conn, ladder, original, start).await,
         Sniffed::Http => http(stream, conn, original).await,
         Sniffed::Opaque => {
-            let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
-            ctx.ev().original_dst = Some(original);
+            let mut ctx = unit(conn, Unit::Tunnel, start, original);
             let target = Target {
                 via: Via::TransparentOpaque,
                 host: original.ip().to_string(),
@@ -194,13 +205,9 @@ async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, ladder: Arc<Ladder>) {
                 }
             }
         }
-        Sniffed::Closed => {
-            let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
-            ctx.ev().original_dst = Some(original);
-            ctx.ev().host = original.ip().to_string();
-            ctx.ev().port = original.port();
-            ctx.access.finish(Outcome::GuestClosed);
-        }
+        Sniffed::Closed => unit(conn, Unit::Tunnel, start, original)
+            .access
+            .finish(Outcome::GuestClosed),
     }
 }
 
@@ -212,11 +219,7 @@ async fn tls(
     original: SocketAddr,
     start: Instant,
 ) {
-    let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
-    ctx.ev().original_dst = Some(original);
-    ctx.ev().host = original.ip().to_string();
-    ctx.ev().port = original.port();
-    ctx.port = original.port();
+    let mut ctx = unit(conn, Unit::Tunnel, start, original);
     let timeout = ctx.snap.config.proxy.handshake_timeout;
     let hello = match sni::read_client_hello(&mut stream, timeout).await {
         Ok(h) => h,
@@ -234,9 +237,7 @@ async fn tls(
         let r = ctx.refusal(Kind::SniMismatch).with_cause(
             "the ClientHello carries no server name (SNI), so the destination is unknown",
         );
-        let _ = ctx.refuse(&r);
-        let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
-        return;
+        return rung::refuse_tls(ctx, &r, stream).await;
     };
     let target = Target {
         via: Via::TransparentTls,
@@ -245,12 +246,7 @@ async fn tls(
     };
     let host = match rung::admit(&mut ctx, &target) {
         Ok(h) => h,
-        Err(r) => {
-            let _ = ctx.refuse(&r);
-            let _ = stream.write_all(&sni::ALERT_ACCESS_DENIED).await;
-            let _ = stream.shutdown().await;
-            return;
-        }
+        Err(r) => return rung::refuse_tls(ctx, &r, stream).await,
     };
     ladder.transparent(ctx, host, stream, original, hello).await;
 }
@@ -296,13 +292,8 @@ async fn request(
     conn: Arc<ConnCtx>,
     original: SocketAddr,
 ) -> Response<Body> {
-    let start = Instant::now();
-    let mut ctx = ReqCtx::new(conn, Unit::Request, start);
-    ctx.ev().original_dst = Some(original);
+    let mut ctx = unit(conn, Unit::Request, Instant::now(), original);
     ctx.ev().method = Some(req.method().to_string());
-    ctx.ev().host = original.ip().to_string();
-    ctx.port = original.port();
-    ctx.ev().port = original.port();
     if req.method() == Method::CONNECT {
         return ctx.deny(
             Kind::BadRequest,

@@ -142,7 +142,7 @@ impl Ladder {
         &self,
         mut ctx: ReqCtx,
         host: Host,
-        mut guest: TcpStream,
+        guest: TcpStream,
         original: SocketAddr,
         hello: PeekedHello,
     ) {
@@ -159,7 +159,7 @@ impl Ladder {
             Rung::Bump => {
                 ctx.ev().unit = Unit::Bumped;
                 if let Err(e) = dialer.vet_bound(&host, original.ip(), answered).await {
-                    return refuse_tls(ctx, &e, guest).await;
+                    return refuse_dial_tls(ctx, &e, guest).await;
                 }
                 let guest = prefixed::Prefixed::new(hello.bytes, guest);
                 self.bump.clone().session(ctx, host, decision, guest).await;
@@ -168,7 +168,7 @@ impl Ladder {
                 let t0 = Instant::now();
                 let dialed = match dialer.dial_bound(&host, original, answered).await {
                     Ok(d) => d,
-                    Err(e) => return refuse_tls(ctx, &e, guest).await,
+                    Err(e) => return refuse_dial_tls(ctx, &e, guest).await,
                 };
                 ctx.shared()
                     .metrics
@@ -179,8 +179,7 @@ impl Ladder {
             }
             Rung::Deny => {
                 let r = ctx.refusal(Kind::DestinationDenied);
-                let _ = ctx.refuse(&r);
-                let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
+                refuse_tls(ctx, &r, guest).await;
             }
         }
     }
@@ -225,13 +224,19 @@ impl Ladder {
     }
 }
 
-/// Ends a transparent TLS unit refused at dial time: counted and logged like any refusal,
-/// and the guest's TLS stack gets a fatal `access_denied` alert instead of a reset.
-async fn refuse_tls(ctx: ReqCtx, e: &crate::net::dial::DialError, mut guest: TcpStream) {
-    let r = refusal::from_dial(e, ctx.host(), ctx.port, ctx.rule_id());
-    let _ = ctx.refuse(&r);
+/// Ends a refused transparent TLS unit: counted and logged like any refusal, and the guest's
+/// TLS stack gets a fatal `access_denied` alert instead of a reset (there is no HTTP yet to
+/// carry the refusal body).
+pub async fn refuse_tls(ctx: ReqCtx, r: &Refusal, mut guest: TcpStream) {
+    let _ = ctx.refuse(r);
     let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
     let _ = guest.shutdown().await;
+}
+
+/// [`refuse_tls`] for a dial failure.
+async fn refuse_dial_tls(ctx: ReqCtx, e: &crate::net::dial::DialError, guest: TcpStream) {
+    let r = refusal::from_dial(e, ctx.host(), ctx.port, ctx.rule_id());
+    refuse_tls(ctx, &r, guest).await;
 }
 
 /// The CONNECT's upgraded connection as the guest's TCP stream and the bytes hyper had
