@@ -239,65 +239,22 @@ async fn bind_listeners(config: &Config, plan: &Plan) -> Result<Bound, JailError
     let mut listeners = Listeners::bind(config).await?;
     let v4 = IpAddr::V4(plan.host_v4);
     let v6 = plan.v6.map(|(h, _)| IpAddr::V6(h));
-    let bind_err = |what: &'static str, addr: SocketAddr| {
-        move |source| {
-            JailError::App(AppError::Bind {
-                what,
-                addr: addr.to_string(),
-                source,
-            })
-        }
-    };
-
-    let mut transparent = None;
-    for _ in 0..PORT_ATTEMPTS {
-        let a4 = SocketAddr::new(v4, 0);
-        let l4 = TcpListener::bind(a4)
-            .await
-            .map_err(bind_err("the jail's transparent listener", a4))?;
-        let port = l4.local_addr().map_err(io("transparent listener"))?.port();
-        let Some(v6) = v6 else {
-            transparent = Some((port, vec![l4]));
-            break;
-        };
-        let a6 = SocketAddr::new(v6, port);
-        match TcpListener::bind(a6).await {
-            Ok(l6) => {
-                transparent = Some((port, vec![l4, l6]));
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => return Err(bind_err("the jail's transparent listener", a6)(e)),
-        }
-    }
-    let (transparent_port, t) = transparent.ok_or_else(|| {
-        JailError::Usage("no port free on both veth addresses for the transparent listener".into())
-    })?;
-
-    let mut dns = None;
-    for _ in 0..PORT_ATTEMPTS {
-        let a4 = SocketAddr::new(v4, 0);
-        let d4 = DnsListener::bind(a4)
-            .await
-            .map_err(bind_err("the jail's guest resolver", a4))?;
-        let port = d4.udp.local_addr().map_err(io("guest resolver"))?.port();
-        let Some(v6) = v6 else {
-            dns = Some((port, vec![d4]));
-            break;
-        };
-        let a6 = SocketAddr::new(v6, port);
-        match DnsListener::bind(a6).await {
-            Ok(d6) => {
-                dns = Some((port, vec![d4, d6]));
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => return Err(bind_err("the jail's guest resolver", a6)(e)),
-        }
-    }
-    let (dns_port, d) = dns.ok_or_else(|| {
-        JailError::Usage("no port free on both veth addresses for the guest resolver".into())
-    })?;
+    let (transparent_port, t) = same_port(
+        "the jail's transparent listener",
+        v4,
+        v6,
+        TcpListener::bind,
+        TcpListener::local_addr,
+    )
+    .await?;
+    let (dns_port, d) = same_port(
+        "the jail's guest resolver",
+        v4,
+        v6,
+        DnsListener::bind,
+        |d: &DnsListener| d.udp.local_addr(),
+    )
+    .await?;
 
     let a4 = SocketAddr::new(v4, 0);
     let explicit = TcpListener::bind(a4)
@@ -314,6 +271,49 @@ async fn bind_listeners(config: &Config, plan: &Plan) -> Result<Bound, JailError
         dns_port,
         proxy_port,
     })
+}
+
+fn bind_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> JailError {
+    move |source| {
+        JailError::App(AppError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+    }
+}
+
+/// Binds on the IPv4 address (a port the kernel picks) and, when there is one, on the IPv6
+/// address at the same port, so one `redirect to :PORT` serves both families; a port taken on
+/// the IPv6 side is retried with another.
+async fn same_port<T, B, F>(
+    what: &'static str,
+    v4: IpAddr,
+    v6: Option<IpAddr>,
+    bind: B,
+    local: impl Fn(&T) -> std::io::Result<SocketAddr>,
+) -> Result<(u16, Vec<T>), JailError>
+where
+    B: Fn(SocketAddr) -> F,
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    for _ in 0..PORT_ATTEMPTS {
+        let a4 = SocketAddr::new(v4, 0);
+        let l4 = bind(a4).await.map_err(bind_err(what, a4))?;
+        let port = local(&l4).map_err(io(what))?.port();
+        let Some(v6) = v6 else {
+            return Ok((port, vec![l4]));
+        };
+        let a6 = SocketAddr::new(v6, port);
+        match bind(a6).await {
+            Ok(l6) => return Ok((port, vec![l4, l6])),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(bind_err(what, a6)(e)),
+        }
+    }
+    Err(JailError::Usage(format!(
+        "no port free on both veth addresses for {what}"
+    )))
 }
 
 /// The system bundle the jail's bundle extends: the first that exists.
