@@ -644,4 +644,9 @@ async fn jailed_node_fetch_gets_the_credential_injected() {
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
     assert_eq!(auth, [format!("Bearer {REAL_KEY}")], "{ran:?}");
+    // Neither the secret nor the whole handle reaches the jail's output or the proxy's log.
+    for needle in [REAL_KEY, handle.as_str()] {
+        assert!(!ran.stdout.contains(needle), "{needle} leaked: {ran:?}");
+        assert!(!ran.stderr.contains(needle), "{needle} leaked: {ran:?}");
+    }
 }

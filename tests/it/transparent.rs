@@ -321,6 +321,8 @@ async fn bumped_connections_get_the_credential_for_a_handle() {
     let (rc, _, _) = net.https(&bump, OTHER4, "/headers", &ca, &[]).await;
     assert_ne!(rc, 0);
     access_event(&[&bump, "address_mismatch"]).await;
+    // Neither the secret nor the whole handle reached a log line or the metrics.
+    crate::inject::leak_scan(&net.proxy, &["sk-live-TRANSPARENT", &handle], &[body]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
