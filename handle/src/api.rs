@@ -4,7 +4,8 @@
 //! - `POST /v1/handles` body → [`MintRequest`] (`ttl` is a humantime string such as `"15m"`,
 //!   defaulting to [`DEFAULT_TTL`]; unknown fields are refused);
 //! - its response ← [`Minted`] (`{"handle","id","expires_at"}` with RFC 3339 expiry);
-//! - `POST /v1/handles/revoke` body → [`RevokeTarget`] (exactly one of `id` or `session`).
+//! - `POST /v1/handles/revoke` body → [`RevokeTarget`] (exactly one of `id`, `session` or
+//!   `sandbox`).
 //!
 //! Field validation beyond JSON shape happens at mint/revoke time. This module does no I/O.
 
@@ -28,6 +29,8 @@ struct MintRequestBody {
     methods: Option<Vec<String>>,
     #[serde(default)]
     path_prefixes: Option<Vec<String>>,
+    #[serde(default)]
+    sandbox: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for MintRequest {
@@ -46,6 +49,7 @@ impl<'de> Deserialize<'de> for MintRequest {
             host: body.host,
             methods: body.methods,
             path_prefixes: body.path_prefixes,
+            sandbox: body.sandbox,
         })
     }
 }
@@ -60,13 +64,16 @@ impl Serialize for Minted {
     }
 }
 
-/// What to revoke: one handle by id, or every handle of a session issued so far.
+/// What to revoke: one handle by id, or every handle of a session or bound to a sandbox issued
+/// so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RevokeTarget {
     /// A handle id (32 hex characters).
     Id(String),
     /// A session name.
     Session(String),
+    /// A sandbox id (the handles' `sandbox` claim).
+    Sandbox(String),
 }
 
 #[derive(Deserialize)]
@@ -76,21 +83,23 @@ struct RevokeBody {
     id: Option<String>,
     #[serde(default)]
     session: Option<String>,
+    #[serde(default)]
+    sandbox: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RevokeTarget {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match RevokeBody::deserialize(deserializer)? {
-            RevokeBody {
-                id: Some(id),
-                session: None,
-            } => Ok(RevokeTarget::Id(id)),
-            RevokeBody {
-                id: None,
-                session: Some(session),
-            } => Ok(RevokeTarget::Session(session)),
+        let RevokeBody {
+            id,
+            session,
+            sandbox,
+        } = RevokeBody::deserialize(deserializer)?;
+        match (id, session, sandbox) {
+            (Some(id), None, None) => Ok(RevokeTarget::Id(id)),
+            (None, Some(session), None) => Ok(RevokeTarget::Session(session)),
+            (None, None, Some(sandbox)) => Ok(RevokeTarget::Sandbox(sandbox)),
             _ => Err(D::Error::custom(
-                "give exactly one of \"id\" or \"session\"",
+                "give exactly one of \"id\", \"session\" or \"sandbox\"",
             )),
         }
     }
@@ -109,12 +118,29 @@ mod tests {
         .unwrap();
         assert_eq!(req.ttl, Duration::from_secs(900));
         assert_eq!(req.session.as_deref(), Some("sbx-1"));
+        assert_eq!(req.sandbox, None);
         let req: MintRequest = serde_json::from_str(r#"{"credentials":["a"]}"#).unwrap();
         assert_eq!(req.ttl, DEFAULT_TTL);
+        assert_eq!(req, MintRequest::new(["a"], DEFAULT_TTL));
         assert!(
             serde_json::from_str::<MintRequest>(r#"{"credentials":["a"],"ttl":"soon"}"#).is_err()
         );
         assert!(serde_json::from_str::<MintRequest>(r#"{"credentials":["a"],"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn mint_body_accepts_sandbox() {
+        let req: MintRequest =
+            serde_json::from_str(r#"{"credentials":["a"],"session":"s","sandbox":"sbx-7"}"#)
+                .unwrap();
+        assert_eq!(req.sandbox.as_deref(), Some("sbx-7"));
+        assert_eq!(req.session.as_deref(), Some("s"));
+        let req: MintRequest =
+            serde_json::from_str(r#"{"credentials":["a"],"sandbox":null}"#).unwrap();
+        assert_eq!(req.sandbox, None);
+        assert!(
+            serde_json::from_str::<MintRequest>(r#"{"credentials":["a"],"sandbox":7}"#).is_err()
+        );
     }
 
     #[test]
@@ -127,8 +153,26 @@ mod tests {
             serde_json::from_str::<RevokeTarget>(r#"{"session":"s"}"#).unwrap(),
             RevokeTarget::Session("s".into())
         );
-        assert!(serde_json::from_str::<RevokeTarget>(r#"{}"#).is_err());
-        assert!(serde_json::from_str::<RevokeTarget>(r#"{"id":"a","session":"s"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<RevokeTarget>(r#"{"sandbox":"sbx-7"}"#).unwrap(),
+            RevokeTarget::Sandbox("sbx-7".into())
+        );
+        for body in [
+            r#"{}"#,
+            r#"{"id":"a","session":"s"}"#,
+            r#"{"id":"a","sandbox":"b"}"#,
+            r#"{"session":"s","sandbox":"b"}"#,
+            r#"{"id":"a","session":"s","sandbox":"b"}"#,
+            r#"{"sandbox":null}"#,
+        ] {
+            let err = serde_json::from_str::<RevokeTarget>(body).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(r#"give exactly one of "id", "session" or "sandbox""#),
+                "{body}: {err}"
+            );
+        }
+        assert!(serde_json::from_str::<RevokeTarget>(r#"{"sandboxes":"b"}"#).is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct Claims {
     pub(crate) host: Option<String>,
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) path_prefixes: Option<Vec<String>>,
+    pub(crate) sandbox: Option<String>,
 }
 
 impl Claims {
@@ -72,6 +73,13 @@ impl Claims {
     /// The allowed path prefixes; `None` means any path.
     pub fn path_prefixes(&self) -> Option<&[String]> {
         self.path_prefixes.as_deref()
+    }
+
+    /// The sandbox the handle is bound to, if any: the proxy refuses it on a connection
+    /// identified as another sandbox. [`Claims::authorize`] does not check this; the caller,
+    /// which knows the connection's sandbox, does.
+    pub fn sandbox(&self) -> Option<&str> {
+        self.sandbox.as_deref()
     }
 
     /// When the handle was issued.
@@ -190,6 +198,11 @@ impl Claims {
                 "bad path prefix list",
             )?;
         }
+        if let Some(sandbox) = &self.sandbox
+            && !scope::valid_name(sandbox)
+        {
+            return Err("bad sandbox name");
+        }
         Ok(())
     }
 }
@@ -224,6 +237,7 @@ impl fmt::Debug for Claims {
             .field("host", &self.host)
             .field("methods", &self.methods)
             .field("path_prefixes", &self.path_prefixes)
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }

@@ -14,9 +14,10 @@
 //!
 //! Token format (version 1): `eeh_` + base64url(payload) + `.` + base64url(signature), at most
 //! [`MAX_TOKEN_LEN`] bytes, where payload is a fixed binary layout (version, key id, 128-bit id,
-//! iat, exp, session, credentials, host, methods, path prefixes) and signature is Ed25519 over
-//! `"eeh-v1\0" || payload`; details in the `token` module. Errors map to the contract's
-//! refusal codes through [`HandleError::code`].
+//! iat, exp, session, credentials, host, methods, path prefixes) followed by optional tagged
+//! extension records (sandbox), and signature is Ed25519 over `"eeh-v1\0" || payload`; details
+//! in the `token` module. Errors map to the contract's refusal codes through
+//! [`HandleError::code`].
 //!
 //! This crate does no networking and holds no credentials: it only decides whether a presented
 //! handle may redeem a named credential.
@@ -116,11 +117,17 @@ impl HandleAuthority {
         self.verifier.revocations().revoke_session(session)
     }
 
+    /// Revokes every handle bound to `sandbox` issued so far, persistently.
+    pub fn revoke_sandbox(&self, sandbox: &str) -> Result<(), HandleError> {
+        self.verifier.revocations().revoke_sandbox(sandbox)
+    }
+
     /// Revokes what an admin API request names.
     pub fn revoke(&self, target: &RevokeTarget) -> Result<(), HandleError> {
         match target {
             RevokeTarget::Id(id) => self.revoke_id(id),
             RevokeTarget::Session(session) => self.revoke_session(session),
+            RevokeTarget::Sandbox(sandbox) => self.revoke_sandbox(sandbox),
         }
     }
 

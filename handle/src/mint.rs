@@ -35,6 +35,10 @@ pub struct MintRequest {
     pub methods: Option<Vec<String>>,
     /// Allowed path prefixes, each starting with `/`; `None` allows any path.
     pub path_prefixes: Option<Vec<String>>,
+    /// The sandbox the handle is bound to: the proxy refuses it on a connection identified as
+    /// another sandbox. `None` leaves the handle unbound. Also a revocation key
+    /// ([`RevocationList::revoke_sandbox`](crate::RevocationList::revoke_sandbox)).
+    pub sandbox: Option<String>,
 }
 
 impl MintRequest {
@@ -51,6 +55,7 @@ impl MintRequest {
             host: None,
             methods: None,
             path_prefixes: None,
+            sandbox: None,
         }
     }
 }
@@ -98,15 +103,7 @@ pub(crate) fn mint(
         scope::valid_name,
         "1 to 128 printable ASCII characters without spaces",
     )?;
-    let session = match &req.session {
-        Some(s) if !scope::valid_name(s) => {
-            return Err(bad(format!(
-                "session {} is invalid: use 1 to 128 printable ASCII characters without spaces",
-                quote(s)
-            )));
-        }
-        other => other.clone(),
-    };
+    let session = check_name("session", req.session.as_deref())?;
     let host = match &req.host {
         None => None,
         Some(h) => {
@@ -147,6 +144,7 @@ pub(crate) fn mint(
             )
         })
         .transpose()?;
+    let sandbox = check_name("sandbox", req.sandbox.as_deref())?;
 
     let iat = unix_secs(now);
     let exp = iat
@@ -163,6 +161,7 @@ pub(crate) fn mint(
         host,
         methods,
         path_prefixes,
+        sandbox,
     };
     // The field checks above are the friendly version of these; this guards against the two
     // ever drifting apart, since the verifier runs exactly these.
@@ -175,7 +174,7 @@ pub(crate) fn mint(
     if handle.len() > token::MAX_TOKEN_LEN {
         return Err(bad(format!(
             "the requested scope makes the handle {} bytes, over the {}-byte limit; name fewer \
-             or shorter credentials, methods or path prefixes",
+             or shorter credentials, methods or path prefixes, or a shorter session or sandbox",
             handle.len(),
             token::MAX_TOKEN_LEN
         )));
@@ -198,6 +197,17 @@ fn check_ttl(ttl: Duration, max_ttl: Duration) -> Result<u64, HandleError> {
         });
     }
     Ok(ttl.as_secs())
+}
+
+/// An optional name field (session, sandbox): `None`, or a valid name kept as given.
+fn check_name(field: &str, name: Option<&str>) -> Result<Option<String>, HandleError> {
+    match name {
+        Some(n) if !scope::valid_name(n) => Err(bad(format!(
+            "{field} {} is invalid: use 1 to 128 printable ASCII characters without spaces",
+            quote(n)
+        ))),
+        other => Ok(other.map(str::to_owned)),
+    }
 }
 
 fn check_list(

@@ -1,8 +1,9 @@
-//! The revocation list: handle ids and sessions that must no longer be accepted, persisted in
-//! `state_dir/revoked.json` so revocations survive restarts and reach other processes.
+//! The revocation list: handle ids, sessions and sandboxes that must no longer be accepted,
+//! persisted in `state_dir/revoked.json` so revocations survive restarts and reach other
+//! processes.
 //!
-//! - Reads ([`RevocationList::is_revoked`]) take a shared lock and do two hash lookups, cheap
-//!   enough for every request.
+//! - Reads ([`RevocationList::is_revoked`]) take a shared lock and do up to three hash lookups,
+//!   cheap enough for every request.
 //! - Writes merge with what is on disk under a lock file (`revoked.json.lock`), so a CLI
 //!   `handle revoke --state-dir` and a running proxy never lose each other's entries, then
 //!   replace the file atomically (temp file, fsync, rename; mode 0600).
@@ -12,6 +13,10 @@
 //!   should poll it every second or so.
 //! - Revoking a session revokes every handle of that session issued up to the revocation
 //!   (plus the clock-skew allowance); handles minted for the session afterwards are valid.
+//!   Revoking a sandbox does the same for the handles bound to that sandbox.
+//! - The file is `{"version": 1, "ids": {…}, "sessions": {…}, "sandboxes": {…}}`, each map
+//!   from the revoked key to its entry. `sandboxes` is always written and may be missing when
+//!   read (files written before sandbox revocation existed).
 //! - Entries carry `prune_after` = revocation time + max ttl + twice the clock skew: past that,
 //!   every handle they could match has expired anyway, so writes drop them.
 //!
@@ -68,29 +73,41 @@ struct FileFormat {
     version: u32,
     ids: BTreeMap<String, Entry>,
     sessions: BTreeMap<String, Entry>,
+    /// Absent from files written before sandbox revocation existed.
+    #[serde(default)]
+    sandboxes: BTreeMap<String, Entry>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Entries {
     ids: HashMap<[u8; 16], Entry>,
     sessions: HashMap<String, Entry>,
+    sandboxes: HashMap<String, Entry>,
+}
+
+/// Adds `entry` under `key`, merging with an entry already there.
+fn merge_into<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Entry>, key: K, entry: Entry) {
+    let merged = map.get(&key).map_or(entry, |mine| mine.merge(entry));
+    map.insert(key, merged);
 }
 
 impl Entries {
     fn merge(&mut self, other: &Entries) {
         for (id, e) in &other.ids {
-            let merged = self.ids.get(id).map_or(*e, |mine| mine.merge(*e));
-            self.ids.insert(*id, merged);
+            merge_into(&mut self.ids, *id, *e);
         }
         for (s, e) in &other.sessions {
-            let merged = self.sessions.get(s).map_or(*e, |mine| mine.merge(*e));
-            self.sessions.insert(s.clone(), merged);
+            merge_into(&mut self.sessions, s.clone(), *e);
+        }
+        for (s, e) in &other.sandboxes {
+            merge_into(&mut self.sandboxes, s.clone(), *e);
         }
     }
 
     fn prune(&mut self, now: u64) {
         self.ids.retain(|_, e| e.prune_after >= now);
         self.sessions.retain(|_, e| e.prune_after >= now);
+        self.sandboxes.retain(|_, e| e.prune_after >= now);
     }
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Entries, HandleError> {
@@ -115,6 +132,12 @@ impl Entries {
             }
             entries.sessions.insert(session, e);
         }
+        for (sandbox, e) in file.sandboxes {
+            if !valid_name(&sandbox) {
+                return Err(bad("a sandbox name is invalid".to_owned()));
+            }
+            entries.sandboxes.insert(sandbox, e);
+        }
         Ok(entries)
     }
 
@@ -123,6 +146,11 @@ impl Entries {
             version: FILE_VERSION,
             ids: self.ids.iter().map(|(id, e)| (hex(id), *e)).collect(),
             sessions: self.sessions.iter().map(|(s, e)| (s.clone(), *e)).collect(),
+            sandboxes: self
+                .sandboxes
+                .iter()
+                .map(|(s, e)| (s.clone(), *e))
+                .collect(),
         };
         let mut bytes =
             serde_json::to_vec_pretty(&file).map_err(|e| HandleError::RevocationFile {
@@ -157,7 +185,7 @@ impl FileStamp {
     }
 }
 
-/// Revoked handle ids and sessions, shared by all verifications of a process.
+/// Revoked handle ids, sessions and sandboxes, shared by all verifications of a process.
 #[derive(Debug)]
 pub struct RevocationList {
     path: PathBuf,
@@ -192,24 +220,29 @@ impl RevocationList {
         &self.path
     }
 
-    /// Whether `claims` match a revoked id, or a revoked session they were issued before
-    /// (within the clock-skew allowance, so a minter with a fast clock cannot slip past).
+    /// Whether `claims` match a revoked id, or a revoked session or sandbox they were issued
+    /// before (within the clock-skew allowance, so a minter with a fast clock cannot slip past).
     pub fn is_revoked(&self, claims: &Claims) -> bool {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         if entries.ids.contains_key(&claims.id) {
             return true;
         }
-        claims
-            .session
-            .as_ref()
-            .and_then(|s| entries.sessions.get(s))
-            .is_some_and(|e| claims.iat <= e.revoked_at.saturating_add(CLOCK_SKEW.as_secs()))
+        let issued_before = |map: &HashMap<String, Entry>, key: Option<&str>| {
+            key.and_then(|k| map.get(k))
+                .is_some_and(|e| claims.iat <= e.revoked_at.saturating_add(CLOCK_SKEW.as_secs()))
+        };
+        issued_before(&entries.sessions, claims.session())
+            || issued_before(&entries.sandboxes, claims.sandbox())
     }
 
-    /// Number of revoked ids and sessions currently remembered (for metrics).
-    pub fn counts(&self) -> (usize, usize) {
+    /// Number of revoked ids, sessions and sandboxes currently remembered (for metrics).
+    pub fn counts(&self) -> (usize, usize, usize) {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        (entries.ids.len(), entries.sessions.len())
+        (
+            entries.ids.len(),
+            entries.sessions.len(),
+            entries.sandboxes.len(),
+        )
     }
 
     /// Revokes the handle with this id (32 hex digits, as returned by mint).
@@ -223,10 +256,7 @@ impl RevocationList {
             HandleError::BadRequest("a handle id is 32 hexadecimal characters".to_owned())
         })?;
         let entry = self.entry_at(now);
-        self.update(now, |entries| {
-            let merged = entries.ids.get(&parsed).map_or(entry, |e| e.merge(entry));
-            entries.ids.insert(parsed, merged);
-        })
+        self.update(now, |entries| merge_into(&mut entries.ids, parsed, entry))
     }
 
     /// Revokes every handle of `session` issued up to now.
@@ -243,11 +273,25 @@ impl RevocationList {
         }
         let entry = self.entry_at(now);
         self.update(now, |entries| {
-            let merged = entries
-                .sessions
-                .get(session)
-                .map_or(entry, |e| e.merge(entry));
-            entries.sessions.insert(session.to_owned(), merged);
+            merge_into(&mut entries.sessions, session.to_owned(), entry);
+        })
+    }
+
+    /// Revokes every handle bound to `sandbox` issued up to now.
+    pub fn revoke_sandbox(&self, sandbox: &str) -> Result<(), HandleError> {
+        self.revoke_sandbox_at(sandbox, SystemTime::now())
+    }
+
+    /// [`Self::revoke_sandbox`] at a given time (tests, replays).
+    pub fn revoke_sandbox_at(&self, sandbox: &str, now: SystemTime) -> Result<(), HandleError> {
+        if !valid_name(sandbox) {
+            return Err(HandleError::BadRequest(
+                "a sandbox is 1 to 128 printable ASCII characters without spaces".to_owned(),
+            ));
+        }
+        let entry = self.entry_at(now);
+        self.update(now, |entries| {
+            merge_into(&mut entries.sandboxes, sandbox.to_owned(), entry);
         })
     }
 

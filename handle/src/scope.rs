@@ -1,11 +1,11 @@
-//! Syntax and matching of the scope fields of a handle: credential/session names, host
+//! Syntax and matching of the scope fields of a handle: credential/session/sandbox names, host
 //! patterns, HTTP methods and path prefixes.
 //!
 //! The same validators serve minting (after normalisation) and parsing (strictly, so a signed
 //! token can only carry values a mint could have produced). Matching is pure string logic; this
 //! module does not resolve names, decode percent-escapes or know about destinations.
 
-/// Longest credential, secret or session name.
+/// Longest credential, secret, session or sandbox name.
 pub const MAX_NAME_LEN: usize = 128;
 /// Longest host pattern (a DNS name is at most 253 characters).
 pub const MAX_HOST_LEN: usize = 253;
@@ -20,7 +20,7 @@ pub const MAX_METHODS: usize = 8;
 /// Most path prefixes one handle may list.
 pub const MAX_PATH_PREFIXES: usize = 8;
 
-/// A credential, secret or session name: 1..=128 printable ASCII characters, no whitespace.
+/// A credential, secret, session or sandbox name: 1..=128 printable ASCII characters, no whitespace.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME_LEN && name.bytes().all(|b| b.is_ascii_graphic())
 }

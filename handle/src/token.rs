@@ -6,14 +6,32 @@
 //! payload   = version:u8(=1) kid:[8] id:[16] iat:u64be exp:u64be
 //!             session:opt(str) credentials:list host:opt(str)
 //!             methods:opt(list) path_prefixes:opt(list)
+//!             ext*                                               ; tags strictly increasing
+//! ext       = tag:u8(≥1) value:str                               ; tag from the table below
 //! opt(x)    = 0x00 | 0x01 x          list = count:u8(≥1) str*count
-//! str       = len:u8(≥1) ascii-bytes
+//! str       = len:u8(≥1) byte*len                                ; each 0x21..=0x7e
 //! ```
 //!
-//! The layout is fixed, so there is exactly one encoding per set of claims: the parser rejects
-//! trailing bytes, unknown tags, non-canonical base64 and, as a final guard, anything that does
-//! not re-encode to the same bytes. This module does not check signatures (see `verify`) or
-//! timestamps and revocation; it only splits, decodes and encodes.
+//! Extension records carry the optional claims added after the fixed layout:
+//!
+//! ```text
+//! tag   claim     value
+//! 0x01  sandbox   the sandbox the handle is bound to; same syntax as session
+//! ```
+//!
+//! An absent claim writes no record, so a payload without records (every handle minted before
+//! extensions existed) is unchanged and still valid. Records follow `path_prefixes` in strictly
+//! increasing tag order, each tag at most once, and the payload ends with the last record.
+//! Tag 0 is reserved and never valid. A tag the parser does not know makes the payload invalid
+//! rather than being skipped, because a claim may be a restriction that a verifier ignoring it
+//! would fail to enforce; a new claim takes the next unused tag, and a handle carrying it is
+//! accepted only by verifiers that know that tag. The version stays 1: records extend it.
+//!
+//! There is exactly one encoding per set of claims: the parser rejects optional-field markers
+//! other than 0x00 and 0x01; unknown, repeated or out-of-order extension tags; empty strings
+//! and lists; bytes after the last field or record; non-canonical base64 and, as a final guard,
+//! anything that does not re-encode to the same bytes. This module does not check signatures
+//! (see `verify`) or timestamps and revocation; it only splits, decodes and encodes.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -40,6 +58,9 @@ pub(crate) const MIN_PAYLOAD_LEN: usize = HEADER_LEN + 1 + 3 + 1 + 1 + 1;
 
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
+
+/// Extension record tag of the sandbox claim. Records are written in increasing tag order.
+const EXT_SANDBOX: u8 = 1;
 
 /// A handle split into its decoded halves; nothing about it is trusted yet.
 pub(crate) struct RawToken {
@@ -131,7 +152,18 @@ pub(crate) fn encode_payload(claims: &Claims) -> Result<Vec<u8>, &'static str> {
     put_opt_str(&mut out, claims.host.as_deref())?;
     put_opt_list(&mut out, claims.methods.as_deref())?;
     put_opt_list(&mut out, claims.path_prefixes.as_deref())?;
+    // Extension records, in increasing tag order.
+    put_ext(&mut out, EXT_SANDBOX, claims.sandbox.as_deref())?;
     Ok(out)
+}
+
+/// Writes one extension record, or nothing for an absent claim.
+fn put_ext(out: &mut Vec<u8>, tag: u8, value: Option<&str>) -> Result<(), &'static str> {
+    if let Some(value) = value {
+        out.push(tag);
+        put_str(out, value)?;
+    }
+    Ok(())
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), &'static str> {
@@ -210,8 +242,19 @@ impl<'a> Reader<'a> {
         let host = self.opt(Self::string)?;
         let methods = self.opt(Self::list)?;
         let path_prefixes = self.opt(Self::list)?;
-        if self.pos != self.buf.len() {
-            return Err("trailing bytes in payload");
+        let mut sandbox = None;
+        let mut last_tag = 0;
+        while self.pos < self.buf.len() {
+            let tag = self.u8()?;
+            match tag {
+                0 => return Err("reserved extension tag 0 in payload"),
+                _ if tag <= last_tag => {
+                    return Err("repeated or out-of-order extension tag in payload");
+                }
+                EXT_SANDBOX => sandbox = Some(self.string()?),
+                _ => return Err("unknown extension tag in payload"),
+            }
+            last_tag = tag;
         }
         Ok(Claims {
             id,
@@ -223,6 +266,7 @@ impl<'a> Reader<'a> {
             host,
             methods,
             path_prefixes,
+            sandbox,
         })
     }
 
@@ -290,14 +334,102 @@ mod tests {
             host: Some("*.example.com".into()),
             methods: Some(vec!["GET".into(), "POST".into()]),
             path_prefixes: Some(vec!["/v1/".into()]),
+            sandbox: None,
+        }
+    }
+
+    fn bound() -> Claims {
+        Claims {
+            sandbox: Some("sbx-a".into()),
+            ..sample()
+        }
+    }
+
+    /// The reason `decode_payload` refuses `bytes` with.
+    fn reason(bytes: &[u8]) -> &'static str {
+        match decode_payload(bytes) {
+            Err(HandleError::Invalid(reason)) => reason,
+            other => panic!("expected Invalid, got {other:?}"),
         }
     }
 
     #[test]
     fn payload_round_trip() {
-        let claims = sample();
-        let bytes = encode_payload(&claims).unwrap();
-        assert_eq!(decode_payload(&bytes).unwrap(), claims);
+        for claims in [sample(), bound()] {
+            let bytes = encode_payload(&claims).unwrap();
+            let decoded = decode_payload(&bytes).unwrap();
+            assert_eq!(decoded.sandbox(), claims.sandbox());
+            assert_eq!(decoded, claims);
+        }
+    }
+
+    #[test]
+    fn absent_sandbox_writes_nothing_and_present_appends_one_record() {
+        let plain = encode_payload(&sample()).unwrap();
+        // Ends with path_prefixes (present, one entry, "/v1/"): no extension bytes at all.
+        assert!(plain.ends_with(b"\x01\x01\x04/v1/"));
+        let with = encode_payload(&bound()).unwrap();
+        let mut expected = plain.clone();
+        expected.extend_from_slice(b"\x01\x05sbx-a");
+        assert_eq!(with, expected);
+    }
+
+    #[test]
+    fn payload_from_before_extensions_decodes_unchanged() {
+        // The payload of a handle minted before extension records existed (full scope).
+        let payload = URL_SAFE_NO_PAD
+            .decode(
+                "AZKj7rFQhnKFmxwyHwlhzYlpJppG0--JoAAAAABoTuGAAAAAAGhO5QQBBXNieC0xAgpvcGVuYWkta2V5CW90\
+                 aGVyLWtleQENKi5leGFtcGxlLmNvbQECA0dFVARQT1NUAQEEL3YxLw",
+            )
+            .unwrap();
+        let claims = decode_payload(&payload).unwrap();
+        assert_eq!(claims.session(), Some("sbx-1"));
+        assert_eq!(claims.sandbox(), None);
+        assert_eq!(claims.path_prefixes().unwrap(), ["/v1/"]);
+        assert_eq!(encode_payload(&claims).unwrap(), payload);
+    }
+
+    #[test]
+    fn rejects_bad_extension_records() {
+        let plain = encode_payload(&sample()).unwrap();
+        let with = |tail: &[u8]| [plain.as_slice(), tail].concat();
+        assert_eq!(
+            reason(&with(b"\x02\x05other")),
+            "unknown extension tag in payload"
+        );
+        assert_eq!(
+            reason(&with(b"\xff\x05other")),
+            "unknown extension tag in payload"
+        );
+        assert_eq!(
+            reason(&with(b"\x00\x05sbx-a")),
+            "reserved extension tag 0 in payload"
+        );
+        assert_eq!(
+            reason(&with(b"\x01\x05sbx-a\x01\x05sbx-b")),
+            "repeated or out-of-order extension tag in payload"
+        );
+        assert_eq!(
+            reason(&with(b"\x01\x05sbx-a\x01\x05sbx-a")),
+            "repeated or out-of-order extension tag in payload"
+        );
+        assert_eq!(reason(&with(b"\x01\x00")), "empty string in payload");
+        assert_eq!(reason(&with(b"\x01")), "truncated payload");
+        assert_eq!(reason(&with(b"\x01\x06sbx-a")), "truncated payload");
+        assert_eq!(
+            reason(&with(b"\x01\x05sbx a")),
+            "non-printable string in payload"
+        );
+        let long = [b"\x01\x81".as_slice(), &[b'a'; 0x81]].concat();
+        assert_eq!(reason(&with(&long)), "bad sandbox name");
+        // Anything after a complete record is read as a further record, and refused.
+        for garbage in [&b"\x00"[..], b"\x01", b"\x02", b"\x07\x01x", b"\xff"] {
+            let bytes = [with(b"\x01\x05sbx-a").as_slice(), garbage].concat();
+            assert!(decode_payload(&bytes).is_err(), "{garbage:?}");
+        }
+        // A valid record still decodes with the same tail.
+        assert_eq!(decode_payload(&with(b"\x01\x05sbx-a")).unwrap(), bound());
     }
 
     #[test]
@@ -308,6 +440,7 @@ mod tests {
             host: None,
             methods: None,
             path_prefixes: None,
+            sandbox: None,
             ..sample()
         };
         assert_eq!(encode_payload(&claims).unwrap().len(), MIN_PAYLOAD_LEN);

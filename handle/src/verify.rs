@@ -57,7 +57,8 @@ impl Verifier {
     /// Fails with [`HandleError::Invalid`] for anything malformed, signed by an unknown key,
     /// wrongly signed, issued more than [`CLOCK_SKEW`] in the future or living longer than the
     /// maximum ttl; [`HandleError::Expired`] once `now` reaches the expiry; and
-    /// [`HandleError::Revoked`] if its id or session was revoked. Scope is not checked here.
+    /// [`HandleError::Revoked`] if its id, session or sandbox was revoked. Scope (and the
+    /// sandbox binding, [`Claims::sandbox`]) is not checked here.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, HandleError> {
         let raw = token::split(token)?;
         let kid = token::peek_kid(&raw.payload)?;

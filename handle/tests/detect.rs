@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use egress_handle::{
     DEFAULT_MAX_TTL, Defect, HandleAuthority, MintRequest, Origin, Shape, contains_handle,
     find_handles, looks_like_handle, redact, redact_in, scan,
@@ -429,6 +429,70 @@ fn well_formed_means_followed_by_a_delimiter() {
     let forged = String::from_utf8(forged).unwrap();
     assert!(scan(forged.as_bytes()).candidates()[0].is_well_formed());
     assert!(f.auth.verify(&forged, SystemTime::now()).is_err());
+}
+
+#[test]
+fn sandbox_bound_handles_are_well_formed() {
+    let f = fixture();
+    let mut req = MintRequest::new(["openai-key"], Duration::from_secs(60));
+    req.session = Some("s".repeat(128));
+    req.sandbox = Some("x".repeat(128));
+    let h = f.auth.mint(&req).unwrap().handle;
+    // Longer than any unbound handle of the fixture, and still exactly a handle.
+    assert!(h.len() > f.h.len() + 300, "{}", h.len());
+    assert_eq!(
+        f.auth
+            .verify(&h, SystemTime::now())
+            .unwrap()
+            .sandbox()
+            .map(str::len),
+        Some(128)
+    );
+    let input = format!("Bearer {h}, {}", f.h);
+    let found = scan(input.as_bytes());
+    let shapes: Vec<_> = found
+        .candidates()
+        .iter()
+        .map(|c| (c.shape(), c.origin(), c.text().to_owned()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            (Shape::WellFormed, Origin::Raw, h.clone()),
+            (Shape::WellFormed, Origin::Raw, f.h.clone()),
+        ]
+    );
+    assert!(looks_like_handle(&h));
+    assert_eq!(find_handles(&input), [h.as_str(), f.h.as_str()]);
+    let basic = format!("Basic {}", STANDARD.encode(format!("user:{h}")));
+    let found = scan(basic.as_bytes());
+    assert_eq!(found.candidates().len(), 1);
+    assert_eq!(found.candidates()[0].shape(), Shape::WellFormed);
+    assert_eq!(found.candidates()[0].origin(), Origin::Basic);
+    let encoded = pct_all(&h);
+    let found = scan(encoded.as_bytes());
+    assert_eq!(
+        found.candidates()[0].shape(),
+        Shape::Malformed(Defect::PercentEncoded)
+    );
+    assert!(!redact_in(&input).contains(&h[..20]));
+    let extended = format!("{h}.");
+    assert_eq!(
+        scan(extended.as_bytes()).candidates()[0].shape(),
+        Shape::Malformed(Defect::Extended)
+    );
+
+    // A payload with an extension record this build does not know is not a handle's shape
+    // (the signature is irrelevant here: the detector does not check it).
+    let (payload, sig) = h[4..].split_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+    bytes.extend_from_slice(b"\x02\x05other");
+    let unknown = format!("eeh_{}.{sig}", URL_SAFE_NO_PAD.encode(&bytes));
+    assert_eq!(
+        scan(unknown.as_bytes()).candidates()[0].shape(),
+        Shape::Malformed(Defect::Undecodable)
+    );
+    assert!(!looks_like_handle(&unknown));
 }
 
 #[test]

@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use egress_handle::{DEFAULT_MAX_TTL, HandleAuthority, HandleError, MintRequest};
+use egress_handle::{
+    CLOCK_SKEW, DEFAULT_MAX_TTL, HandleAuthority, HandleError, KeyRing, MintRequest,
+    REVOCATION_FILE, RevocationList, RevokeTarget, Verifier, VerifyingKey,
+};
 
 fn authority() -> (tempfile::TempDir, HandleAuthority) {
     let dir = tempfile::tempdir().unwrap();
@@ -25,7 +28,22 @@ fn full_request() -> MintRequest {
         host: Some("API.OpenAI.com".into()),
         methods: Some(vec!["post".into(), "GET".into()]),
         path_prefixes: Some(vec!["/v1".into(), "/files/".into()]),
+        sandbox: None,
     }
+}
+
+/// `full_request` bound to `sandbox`.
+fn bound_request(sandbox: &str) -> MintRequest {
+    MintRequest {
+        sandbox: Some(sandbox.into()),
+        ..full_request()
+    }
+}
+
+/// The decoded payload of a handle.
+fn payload_of(token: &str) -> Vec<u8> {
+    let (payload, _) = token["eeh_".len()..].split_once('.').unwrap();
+    URL_SAFE_NO_PAD.decode(payload).unwrap()
 }
 
 fn simple(auth: &HandleAuthority, now: SystemTime) -> String {
@@ -70,6 +88,7 @@ fn round_trip_with_full_scope() {
     assert_eq!(claims.host(), Some("api.openai.com"));
     assert_eq!(claims.methods().unwrap(), ["POST", "GET"]);
     assert_eq!(claims.path_prefixes().unwrap(), ["/v1", "/files/"]);
+    assert_eq!(claims.sandbox(), None);
     assert_eq!(claims.issued_at(), t0());
     assert_eq!(claims.expires_at(), minted.expires_at);
 
@@ -98,6 +117,121 @@ fn minimal_handle_allows_any_host_method_path() {
     claims
         .authorize("openai-key", "anything.example", "DELETE", "/whatever/../x")
         .unwrap();
+}
+
+#[test]
+fn round_trip_with_sandbox() {
+    let (_dir, auth) = authority();
+    let minted = auth.mint_at(&bound_request("sbx-a"), t0()).unwrap();
+    let claims = auth.verify(&minted.handle, t0()).unwrap();
+    assert_eq!(claims.version(), 1);
+    assert_eq!(claims.id(), minted.id);
+    assert_eq!(claims.sandbox(), Some("sbx-a"));
+    assert_eq!(claims.session(), Some("sbx-1"));
+    assert_eq!(claims.path_prefixes().unwrap(), ["/v1", "/files/"]);
+    assert!(format!("{claims:?}").contains(r#"sandbox: Some("sbx-a")"#));
+    // The binding is the proxy's check, not part of the request scope.
+    claims
+        .authorize("openai-key", "api.openai.com", "GET", "/v1")
+        .unwrap();
+
+    // A sandbox alone, on an otherwise minimal handle.
+    let mut req = MintRequest::new(["openai-key"], Duration::from_secs(600));
+    req.sandbox = Some("sbx-b".into());
+    let claims = auth
+        .verify(&auth.mint_at(&req, t0()).unwrap().handle, t0())
+        .unwrap();
+    assert_eq!(claims.sandbox(), Some("sbx-b"));
+    assert_eq!(claims.session(), None);
+}
+
+#[test]
+fn unbound_payload_has_no_extension_bytes() {
+    let (_dir, auth) = authority();
+    // header (41) + absent session + ["openai-key"] + absent host, methods, path prefixes.
+    let plain = payload_of(&simple(&auth, t0()));
+    assert_eq!(plain.len(), 41 + 1 + 1 + 1 + 10 + 3);
+    assert!(plain.ends_with(b"\x01\x0aopenai-key\x00\x00\x00"));
+    // Binding appends exactly one record: tag 1, then the sandbox as a string.
+    let mut req = MintRequest::new(["openai-key"], Duration::from_secs(600));
+    req.sandbox = Some("sbx-a".into());
+    let bound = payload_of(&auth.mint_at(&req, t0()).unwrap().handle);
+    assert_eq!(bound.len(), plain.len() + 7);
+    assert!(bound.ends_with(b"\x01\x0aopenai-key\x00\x00\x00\x01\x05sbx-a"));
+}
+
+/// Public key and handles minted before extension records existed (state dir of that build).
+const LEGACY_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAURgMXZ1DqDfk3bniHf8shpuzhmMurDxCKeJFmjKWepQ=
+-----END PUBLIC KEY-----
+";
+/// `MintRequest::new(["openai-key"], 600 s)` at `t0()`.
+const LEGACY_MINIMAL: (&str, &str) = (
+    "eeh_AZKj7rFQhnKFyyW8dbJPhEcM_x7Lqejn0wAAAABoTuGAAAAAAGhO49gAAQpvcGVuYWkta2V5AAAA.\
+     ysukYG1kK3ODrj7WllIbShSYmhswb2DMDp8LUT9qcmd50IznSgatzrFGAt7p3NAnDUHIyqxPcN2FuPKfc9svCA",
+    "cb25bc75b24f84470cff1ecba9e8e7d3",
+);
+/// Session `sbx-1`, two credentials, `*.example.com`, GET/POST, `/v1/`, 900 s at `t0()`.
+const LEGACY_FULL: (&str, &str) = (
+    "eeh_AZKj7rFQhnKFmxwyHwlhzYlpJppG0--JoAAAAABoTuGAAAAAAGhO5QQBBXNieC0xAgpvcGVuYWkta2V5CW90\
+     aGVyLWtleQENKi5leGFtcGxlLmNvbQECA0dFVARQT1NUAQEEL3YxLw.1Cx1S6qzrtg7K06R6Bz3CshrZkh0ViLjIIgiF\
+     1CHaRAjzGfI2PmFjoIJbvkQ_Mj-yuEXr06nqYl-9N_Xr0h8Bw",
+    "9b1c321f0961cd8969269a46d3ef89a0",
+);
+
+#[test]
+fn handles_minted_before_extensions_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = VerifyingKey::from_pem(LEGACY_PUBLIC_KEY, std::path::Path::new("legacy")).unwrap();
+    let revocations = RevocationList::load(&dir.path().join(REVOCATION_FILE), DEFAULT_MAX_TTL)
+        .unwrap()
+        .into();
+    let verifier = Verifier::new(
+        std::iter::once(key).collect::<KeyRing>(),
+        revocations,
+        DEFAULT_MAX_TTL,
+    );
+    let now = t0() + Duration::from_secs(1);
+
+    let claims = verifier.verify(LEGACY_MINIMAL.0, now).unwrap();
+    assert_eq!(claims.id(), LEGACY_MINIMAL.1);
+    assert_eq!(claims.sandbox(), None);
+    assert_eq!(claims.session(), None);
+    assert_eq!(claims.credentials(), ["openai-key"]);
+    assert_eq!(claims.issued_at(), t0());
+
+    let claims = verifier.verify(LEGACY_FULL.0, now).unwrap();
+    assert_eq!(claims.id(), LEGACY_FULL.1);
+    assert_eq!(claims.sandbox(), None);
+    assert_eq!(claims.session(), Some("sbx-1"));
+    assert_eq!(claims.credentials(), ["openai-key", "other-key"]);
+    assert_eq!(claims.host(), Some("*.example.com"));
+    assert_eq!(claims.methods().unwrap(), ["GET", "POST"]);
+    assert_eq!(claims.path_prefixes().unwrap(), ["/v1/"]);
+    assert_eq!(claims.expires_at(), t0() + Duration::from_secs(900));
+}
+
+#[test]
+fn sandbox_cannot_be_added_or_removed_under_the_signature() {
+    let (_dir, auth) = authority();
+    let bound = auth.mint_at(&bound_request("sbx-a"), t0()).unwrap().handle;
+    let unbound = auth.mint_at(&full_request(), t0()).unwrap().handle;
+    let resign = |token: &str, payload: &[u8]| {
+        let sig = token.split_once('.').unwrap().1;
+        format!("eeh_{}.{sig}", URL_SAFE_NO_PAD.encode(payload))
+    };
+    // Dropping the record (tag, length, "sbx-a") from a bound handle.
+    let mut payload = payload_of(&bound);
+    payload.truncate(payload.len() - 7);
+    expect_invalid(&auth, &resign(&bound, &payload));
+    // Adding one to an unbound handle, or rebinding to another sandbox.
+    let mut payload = payload_of(&unbound);
+    payload.extend_from_slice(b"\x01\x05sbx-a");
+    expect_invalid(&auth, &resign(&unbound, &payload));
+    let mut payload = payload_of(&bound);
+    let last = payload.len() - 1;
+    payload[last] = b'b';
+    expect_invalid(&auth, &resign(&bound, &payload));
 }
 
 #[test]
@@ -324,6 +458,87 @@ fn revoked_by_session() {
 }
 
 #[test]
+fn revoked_by_sandbox() {
+    let (_dir, auth) = authority();
+    let revoked_at = t0() + Duration::from_secs(10);
+    let bound = auth.mint_at(&bound_request("sbx-a"), t0()).unwrap();
+    let other_sandbox = auth.mint_at(&bound_request("sbx-b"), t0()).unwrap();
+    let unbound = auth.mint_at(&full_request(), t0()).unwrap();
+    // A session that happens to have the sandbox's name is a different key.
+    let mut req = full_request();
+    req.session = Some("sbx-a".into());
+    let session_named_alike = auth.mint_at(&req, t0()).unwrap();
+    // Issued after the revocation but within the clock-skew allowance: revoked too.
+    let within_skew = auth
+        .mint_at(&bound_request("sbx-a"), revoked_at + CLOCK_SKEW)
+        .unwrap();
+    // Issued after the revocation and the allowance: valid.
+    let after = auth
+        .mint_at(
+            &bound_request("sbx-a"),
+            revoked_at + CLOCK_SKEW + Duration::from_secs(1),
+        )
+        .unwrap();
+
+    auth.revocations()
+        .revoke_sandbox_at("sbx-a", revoked_at)
+        .unwrap();
+    assert_eq!(auth.revocations().counts(), (0, 0, 1));
+    let now = t0() + Duration::from_secs(200);
+    for revoked in [&bound, &within_skew] {
+        match auth.verify(&revoked.handle, now) {
+            Err(e @ HandleError::Revoked) => assert_eq!(e.code(), "handle_revoked"),
+            other => panic!("expected Revoked, got {other:?}"),
+        }
+    }
+    for valid in [&other_sandbox, &unbound, &session_named_alike, &after] {
+        auth.verify(&valid.handle, now).unwrap();
+    }
+
+    // Sessions and sandboxes are separate keys: revoking session "sbx-1" revokes `after`
+    // (bound to "sbx-a", session "sbx-1") but not the handle of session "sbx-a".
+    auth.revocations()
+        .revoke_session_at("sbx-1", revoked_at + Duration::from_secs(100))
+        .unwrap();
+    assert!(matches!(
+        auth.verify(&after.handle, now),
+        Err(HandleError::Revoked)
+    ));
+    auth.verify(&session_named_alike.handle, now).unwrap();
+    assert_eq!(auth.revocations().counts(), (0, 1, 1));
+}
+
+#[test]
+fn revoked_by_sandbox_through_the_authority() {
+    let (_dir, auth) = authority();
+    let now = SystemTime::now();
+    let a = auth.mint_at(&bound_request("sbx-a"), now).unwrap();
+    let b = auth.mint_at(&bound_request("sbx-b"), now).unwrap();
+    auth.revoke(&RevokeTarget::Sandbox("sbx-a".into())).unwrap();
+    assert!(matches!(
+        auth.verify(&a.handle, now),
+        Err(HandleError::Revoked)
+    ));
+    auth.verify(&b.handle, now).unwrap();
+    auth.revoke_sandbox("sbx-b").unwrap();
+    assert!(matches!(
+        auth.verify(&b.handle, now),
+        Err(HandleError::Revoked)
+    ));
+    assert_eq!(auth.revocations().counts(), (0, 0, 2));
+    for name in ["has space", "", &"s".repeat(129)] {
+        assert!(matches!(
+            auth.revoke_sandbox(name),
+            Err(HandleError::BadRequest(_))
+        ));
+        assert!(matches!(
+            auth.revoke(&RevokeTarget::Sandbox(name.into())),
+            Err(HandleError::BadRequest(_))
+        ));
+    }
+}
+
+#[test]
 fn out_of_scope() {
     let (_dir, auth) = authority();
     let claims = auth
@@ -434,6 +649,29 @@ fn mint_refusals() {
     let mut r = ok();
     r.session = Some("tab\there".into());
     refuse(r);
+    // The value is quoted with control characters replaced and capped at 64 characters.
+    let long = "s".repeat(129);
+    let capped = format!("{:?}…", "s".repeat(64));
+    for (sandbox, shown) in [
+        ("has space", r#""has space""#),
+        ("", r#""""#),
+        ("tab\there", r#""tab?here""#),
+        (&long, &capped),
+    ] {
+        let mut r = ok();
+        r.sandbox = Some(sandbox.into());
+        let msg = refuse(r);
+        assert!(
+            msg.contains(&format!(
+                "sandbox {shown} is invalid: use 1 to 128 printable ASCII characters without \
+                 spaces"
+            )),
+            "{msg}"
+        );
+    }
+    let mut r = ok();
+    r.sandbox = Some("s".repeat(128));
+    auth.mint_at(&r, t0()).unwrap();
     let mut r = ok();
     r.methods = Some(vec![]);
     refuse(r);

@@ -130,7 +130,7 @@ fn revocation_survives_reopen() {
         Err(HandleError::Revoked)
     ));
     auth.verify(&untouched.handle, now).unwrap();
-    assert_eq!(auth.revocations().counts(), (1, 1));
+    assert_eq!(auth.revocations().counts(), (1, 1, 0));
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn other_process_revocation_is_seen_after_reload() {
         Err(HandleError::Revoked)
     ));
     let fresh = HandleAuthority::open(dir.path(), DEFAULT_MAX_TTL).unwrap();
-    assert_eq!(fresh.revocations().counts(), (2, 1));
+    assert_eq!(fresh.revocations().counts(), (2, 1, 0));
     assert!(matches!(
         fresh.verify(&a.handle, now),
         Err(HandleError::Revoked)
@@ -198,7 +198,7 @@ fn concurrent_revocations_from_two_lists_are_all_kept() {
         t.join().unwrap();
     }
     let merged = RevocationList::load(&path, DEFAULT_MAX_TTL).unwrap();
-    assert_eq!(merged.counts(), (0, 40));
+    assert_eq!(merged.counts(), (0, 40, 0));
 }
 
 #[test]
@@ -210,11 +210,102 @@ fn old_entries_are_pruned_on_write() {
     list.revoke_session_at("old", t0).unwrap();
     list.revoke_id_at(&"2".repeat(32), t0 + Duration::from_secs(1800))
         .unwrap();
-    assert_eq!(list.counts(), (2, 1));
+    assert_eq!(list.counts(), (2, 1, 0));
     // Past max ttl + skew allowance, the first entries cannot match a live handle any more.
     list.revoke_id_at(&"3".repeat(32), t0 + Duration::from_secs(3600 + 121))
         .unwrap();
-    assert_eq!(list.counts(), (2, 0));
+    assert_eq!(list.counts(), (2, 0, 0));
+}
+
+#[test]
+fn sandbox_revocations_persist_merge_and_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(REVOCATION_FILE);
+    let a = RevocationList::load(&path, DEFAULT_MAX_TTL).unwrap();
+    let b = RevocationList::load(&path, DEFAULT_MAX_TTL).unwrap();
+    let t0 = SystemTime::now();
+    a.revoke_sandbox_at("sbx-a", t0).unwrap();
+    // The other list's write merges the first one's entry instead of overwriting it.
+    b.revoke_sandbox_at("sbx-b", t0 + Duration::from_secs(1800))
+        .unwrap();
+    assert_eq!(b.counts(), (0, 0, 2));
+    assert!(a.reload_if_changed().unwrap());
+    assert_eq!(a.counts(), (0, 0, 2));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(json["version"], 1);
+    let sandboxes = json["sandboxes"].as_object().unwrap();
+    assert_eq!(sandboxes.len(), 2);
+    assert!(sandboxes["sbx-a"]["revoked_at"].is_u64());
+    assert_eq!(
+        RevocationList::load(&path, DEFAULT_MAX_TTL)
+            .unwrap()
+            .counts(),
+        (0, 0, 2)
+    );
+    // Past max ttl + skew allowance, the first entry cannot match a live handle any more.
+    a.revoke_id_at(&"3".repeat(32), t0 + Duration::from_secs(3600 + 121))
+        .unwrap();
+    assert_eq!(a.counts(), (1, 0, 1));
+}
+
+#[test]
+fn revocation_file_without_sandboxes_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(REVOCATION_FILE);
+    let t0 = SystemTime::now();
+    let secs = t0.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // As written before sandbox revocation existed.
+    let old = format!(
+        r#"{{"version":1,"ids":{{"{}":{{"revoked_at":{secs},"prune_after":{}}}}},"sessions":{{"gone":{{"revoked_at":{secs},"prune_after":{}}}}}}}"#,
+        "ab".repeat(16),
+        secs + 3720,
+        secs + 3720
+    );
+    std::fs::write(&path, &old).unwrap();
+    let list = RevocationList::load(&path, DEFAULT_MAX_TTL).unwrap();
+    assert_eq!(list.counts(), (1, 1, 0));
+    // A write keeps the old entries and always writes the new key.
+    list.revoke_sandbox_at("sbx-a", t0).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(json["ids"].as_object().unwrap().len(), 1);
+    assert_eq!(json["sessions"].as_object().unwrap().len(), 1);
+    assert_eq!(json["sandboxes"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        RevocationList::load(&path, DEFAULT_MAX_TTL)
+            .unwrap()
+            .counts(),
+        (1, 1, 1)
+    );
+    // An empty list writes the key too.
+    let fresh = dir.path().join("fresh.json");
+    RevocationList::load(&fresh, DEFAULT_MAX_TTL)
+        .unwrap()
+        .revoke_id_at(&"1".repeat(32), t0)
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&fresh).unwrap()).unwrap();
+    assert_eq!(json["sandboxes"], serde_json::json!({}));
+}
+
+#[test]
+fn bad_sandbox_entries_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(REVOCATION_FILE);
+    for sandboxes in [
+        r#"{"has space":{"revoked_at":1,"prune_after":2}}"#,
+        r#"{"":{"revoked_at":1,"prune_after":2}}"#,
+        r#"{"s":{"revoked_at":1}}"#,
+        r#"["s"]"#,
+    ] {
+        let text = format!(r#"{{"version":1,"ids":{{}},"sessions":{{}},"sandboxes":{sandboxes}}}"#);
+        std::fs::write(&path, text).unwrap();
+        assert!(
+            matches!(
+                RevocationList::load(&path, DEFAULT_MAX_TTL),
+                Err(HandleError::RevocationFile { .. })
+            ),
+            "{sandboxes}"
+        );
+    }
 }
 
 #[test]
