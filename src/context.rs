@@ -11,22 +11,15 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Response};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
 use crate::net::host::Host;
 use crate::observe::access_log::{AccessEvent, Outcome, Unit};
-use crate::policy::{Decision, Scheme};
+use crate::policy::{Decision, Scheme, Who};
 use crate::refusal::{self, Kind, Refusal};
+use crate::state::sandboxes::Sandbox;
 use crate::state::{Shared, Snapshot};
-
-/// Who is on the other end of a guest connection. Every connection is anonymous today; a
-/// sandbox identity (by source address or proxy token) plugs in here.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Identity {
-    #[default]
-    Anonymous,
-}
+use crate::upstream::tunnel::{End, Kill};
 
 /// One accepted guest connection.
 #[derive(Debug)]
@@ -36,7 +29,6 @@ pub struct ConnCtx {
     /// Held by the connection and by anything it spawns (tunnels, bump sessions), so the
     /// connection limit counts them too.
     pub permit: Arc<OwnedSemaphorePermit>,
-    pub identity: Identity,
 }
 
 /// How the guest named the destination.
@@ -111,12 +103,16 @@ impl Access {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        if self.ev.would_deny.is_some() && self.ev.outcome == Outcome::Ok {
+            self.ev.outcome = Outcome::WouldDeny;
+        }
         let ev = &self.ev;
         let metrics = &self.shared.metrics;
         let rule = ev.rule.as_deref();
+        let sandbox = ev.sandbox.as_ref().map(|(_, label)| &**label);
         match ev.unit {
-            Unit::Request => metrics.request(ev.rung, rule, ev.outcome, ev.status),
-            Unit::Tunnel | Unit::Bumped => metrics.connection(ev.rung, rule, ev.outcome),
+            Unit::Request => metrics.request(ev.rung, rule, ev.outcome, ev.status, sandbox),
+            Unit::Tunnel | Unit::Bumped => metrics.connection(ev.rung, rule, ev.outcome, sandbox),
         }
         // A bump session's bytes are the sum of its requests', which count themselves.
         if ev.unit != Unit::Bumped {
@@ -162,8 +158,11 @@ pub struct ReqCtx {
     /// Set by admission; `None` while the request is still being parsed.
     pub decision: Option<Decision>,
     pub access: Access,
-    /// Fires when the kill switch is turned on after this unit started.
-    pub kill: CancellationToken,
+    /// The sandbox the unit was identified as; `None`: the top-level policy applies.
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// Fires when the kill switch is turned on after this unit started, or its sandbox is
+    /// removed.
+    pub kill: Kill,
 }
 
 impl ReqCtx {
@@ -172,7 +171,7 @@ impl ReqCtx {
     /// outlive it.
     pub fn new(conn: Arc<ConnCtx>, unit: Unit, start: Instant) -> ReqCtx {
         let shared = conn.shared.clone();
-        let kill = shared.kill.token();
+        let kill = Kill::new(shared.kill.token());
         let snap = shared.snapshot();
         let mut ev = AccessEvent::new(unit, conn.client, "", 0);
         ev.request_id = Some(new_request_id());
@@ -182,8 +181,28 @@ impl ReqCtx {
             port: 0,
             decision: None,
             access: Access::new(shared, ev, start),
+            sandbox: None,
             kill,
         }
+    }
+
+    /// Records who the unit is for: its policy, log field, metric label and kill signal.
+    pub fn identified(&mut self, sandbox: Option<Arc<Sandbox>>) {
+        if let Some(s) = &sandbox {
+            self.access.ev.sandbox = Some((s.id.clone(), s.label.clone()));
+            self.kill = self.kill.clone().with_sandbox(s.removed().clone());
+        }
+        self.sandbox = sandbox;
+    }
+
+    /// Whom the policy judges this unit for.
+    pub fn who(&self) -> Option<Who<'_>> {
+        self.sandbox.as_deref().map(Sandbox::who)
+    }
+
+    /// The sandbox's metric label, if any.
+    pub fn sandbox_label(&self) -> Option<&str> {
+        self.access.ev.sandbox.as_ref().map(|(_, l)| &**l)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -231,12 +250,20 @@ impl ReqCtx {
 
     /// A refusal of `kind` for this unit's destination and rule.
     pub fn refusal(&self, kind: Kind) -> Refusal {
-        let rule = if kind == Kind::KillSwitch {
-            "kill_switch"
-        } else {
-            self.rule_id()
+        let rule = match kind {
+            Kind::KillSwitch => "kill_switch",
+            Kind::ProxyAuthRequired | Kind::SandboxRequired => "sandbox_identity",
+            _ => self.rule_id(),
         };
         Refusal::new(kind, self.host(), self.port, rule)
+    }
+
+    /// The kill switch or the sandbox's removal, as a refusal, when either has fired.
+    pub fn killed(&self) -> Option<Refusal> {
+        match self.kill.state()? {
+            End::SandboxRemoved => Some(self.refusal(Kind::SandboxRemoved)),
+            _ => Some(self.refusal(Kind::KillSwitch)),
+        }
     }
 
     /// Answers `r`: counts it, logs the access event, and builds the guest-facing response.

@@ -17,6 +17,7 @@ use crate::frontend::dns::answer;
 use crate::frontend::{forward_proxy, transparent};
 use crate::net::dial::{BoxFuture, Connect, Resolve};
 use crate::observe::metrics::Metrics;
+use crate::policy::path::{PathPattern, normalize};
 use crate::rung::sni;
 use crate::state::{Shared, Snapshot, Sources};
 
@@ -88,6 +89,86 @@ pub fn client_hello(data: &[u8]) {
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::config::parse_str(text, "fuzz");
+    }
+}
+
+/// The request-path normaliser and path patterns. The input as a request target: a normalized
+/// path starts with `/`, has no empty, `.` or `..` segment, backslash or control character, and
+/// normalises to itself (once the `%`, `;`, `?` and `#` it holds as data are escaped again). The
+/// input as a pattern: it reads back from its printed form, is itself a normalized path and
+/// matches itself. A first line as a pattern and the rest as a target: a pattern without `*`
+/// matches exactly the paths it is a segment-boundary string prefix of.
+pub fn policy_path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(path) = normalize(text) {
+        check_normalized(text, &path);
+    }
+    if let Ok(pattern) = PathPattern::parse(text) {
+        let printed = pattern.to_string();
+        assert_eq!(
+            PathPattern::parse(&printed).as_ref(),
+            Ok(&pattern),
+            "{text:?}"
+        );
+        assert_eq!(
+            normalize(&printed).as_deref(),
+            Ok(printed.as_str()),
+            "a pattern reads as a normalized path"
+        );
+        assert!(
+            pattern.matches(&printed),
+            "{printed:?} does not match itself"
+        );
+    }
+    if let Some((pattern, target)) = text.split_once('\n')
+        && let Ok(pattern) = PathPattern::parse(pattern)
+        && let Ok(path) = normalize(target)
+    {
+        let raw = pattern.to_string();
+        let matched = pattern.matches(&path);
+        if !raw.contains('*') {
+            let prefix = if raw.ends_with('/') {
+                path.starts_with(&raw)
+            } else {
+                path.strip_prefix(raw.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            };
+            assert_eq!(matched, prefix, "{raw:?} vs {path:?}");
+        }
+    }
+}
+
+/// The shape and fixed-point checks on `path`, which `normalize(text)` returned.
+fn check_normalized(text: &str, path: &str) {
+    assert!(path.starts_with('/'), "{text:?} -> {path:?}");
+    for bad in ["//", "/./", "/../"] {
+        assert!(!path.contains(bad), "{text:?} -> {path:?}");
+    }
+    assert!(
+        !path.ends_with("/.") && !path.ends_with("/.."),
+        "{text:?} -> {path:?}"
+    );
+    assert!(
+        !path.bytes().any(|b| b == b'\\' || b < 0x20 || b == 0x7f),
+        "{text:?} -> {path:?}"
+    );
+    if !path.contains(['%', ';', '?', '#']) {
+        assert_eq!(normalize(path).as_deref(), Ok(path), "{text:?} -> {path:?}");
+    }
+    let escaped = path
+        .replace('%', "%25")
+        .replace(';', "%3B")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    assert_eq!(
+        normalize(&escaped).as_deref(),
+        Ok(path),
+        "{text:?} -> {path:?}"
+    );
+    if let Ok(itself) = PathPattern::parse(path) {
+        assert!(itself.matches(path), "{text:?} -> {path:?}");
     }
 }
 

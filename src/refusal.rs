@@ -53,6 +53,18 @@ pub enum Kind {
     /// The request's header section is larger than `proxy.max_header_bytes`.
     HeadersTooLarge,
     Overloaded,
+    /// The destination's rule does not allow the request's method.
+    MethodDenied,
+    /// The destination's rule does not allow the request's (normalised) path.
+    PathDenied,
+    /// The handle is bound to another sandbox than the connection's.
+    HandleWrongSandbox,
+    /// Explicit listener: a proxy token is required, or the one sent is not valid (407).
+    ProxyAuthRequired,
+    /// Transparent listener with `proxy.require_sandbox`: no sandbox claims the source address.
+    SandboxRequired,
+    /// The unit's sandbox was removed while the request was under way.
+    SandboxRemoved,
 }
 
 impl Kind {
@@ -76,6 +88,12 @@ impl Kind {
             Kind::BadRequest => "bad_request",
             Kind::HeadersTooLarge => "headers_too_large",
             Kind::Overloaded => "proxy_overloaded",
+            Kind::MethodDenied => "method_denied",
+            Kind::PathDenied => "path_denied",
+            Kind::HandleWrongSandbox => "handle_wrong_sandbox",
+            Kind::ProxyAuthRequired => "proxy_auth_required",
+            Kind::SandboxRequired => "sandbox_required",
+            Kind::SandboxRemoved => "sandbox_removed",
         }
     }
 
@@ -91,7 +109,13 @@ impl Kind {
             | Kind::HandleRevoked
             | Kind::HandleOutOfScope
             | Kind::HandleRequired
-            | Kind::KillSwitch => StatusCode::FORBIDDEN,
+            | Kind::KillSwitch
+            | Kind::MethodDenied
+            | Kind::PathDenied
+            | Kind::HandleWrongSandbox
+            | Kind::SandboxRequired
+            | Kind::SandboxRemoved => StatusCode::FORBIDDEN,
+            Kind::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Kind::CredentialUnavailable | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamTls | Kind::UpstreamConnect => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -141,6 +165,21 @@ impl Kind {
                 "the request's headers are larger than this proxy accepts; retrying the same request will not help: send fewer or smaller headers (cookies, tokens), or ask the operator to raise proxy.max_header_bytes"
             }
             Kind::Overloaded => "the proxy is at its connection limit; retry with backoff",
+            Kind::MethodDenied | Kind::PathDenied => {
+                "this is policy, not a network fault: this sandbox may not make this request to this destination; do not retry it or rephrase the path to get around the rule; ask the operator"
+            }
+            Kind::HandleWrongSandbox => {
+                "the credential handle was issued to another sandbox and is refused here; use a handle issued to this sandbox and do not retry with this one"
+            }
+            Kind::ProxyAuthRequired => {
+                "send this sandbox's proxy token in Proxy-Authorization (Bearer TOKEN, or Basic with the token as password, e.g. http://SANDBOX:TOKEN@proxy:port); retrying without a valid token will not help"
+            }
+            Kind::SandboxRequired => {
+                "this proxy only serves registered sandboxes and this connection's source address belongs to none; ask the operator to register it"
+            }
+            Kind::SandboxRemoved => {
+                "this sandbox was removed by the operator; its egress has ended, do not retry"
+            }
         }
     }
 }
@@ -229,6 +268,19 @@ impl Refusal {
                 "the proxy is at its connection limit".to_owned()
             }
             Kind::Overloaded => format!("the proxy is at its connection limit ({cause})"),
+            Kind::MethodDenied | Kind::PathDenied => {
+                format!("the request to {dest} was not forwarded: {cause}")
+            }
+            Kind::HandleWrongSandbox => {
+                format!("the credential handle sent to {dest} belongs to another sandbox ({cause})")
+            }
+            Kind::ProxyAuthRequired => format!("the proxy did not identify this sandbox: {cause}"),
+            Kind::SandboxRequired => format!(
+                "no registered sandbox has this connection's source address; {dest} was not contacted"
+            ),
+            Kind::SandboxRemoved => {
+                format!("this sandbox was removed; {dest} was not contacted")
+            }
         }
     }
 }
@@ -275,7 +327,13 @@ impl Kind {
             | Kind::HandleRevoked
             | Kind::HandleOutOfScope
             | Kind::HandleRequired
-            | Kind::KillSwitch => "http_request_denied",
+            | Kind::KillSwitch
+            | Kind::MethodDenied
+            | Kind::PathDenied
+            | Kind::HandleWrongSandbox
+            | Kind::SandboxRequired
+            | Kind::SandboxRemoved
+            | Kind::ProxyAuthRequired => "http_request_denied",
             Kind::AddressDenied => "destination_ip_prohibited",
             Kind::CredentialUnavailable => "proxy_internal_error",
             Kind::UpstreamTls => "tls_certificate_error",
@@ -332,6 +390,16 @@ pub fn headers(r: &Refusal) -> Vec<(&'static str, String)> {
     if let Some(id) = &r.request_id {
         h.push(("x-request-id", id.clone()));
     }
+    if r.kind == Kind::ProxyAuthRequired {
+        h.push((
+            "proxy-authenticate",
+            "Basic realm=\"egress-edge\"".to_owned(),
+        ));
+        h.push((
+            "proxy-authenticate",
+            "Bearer realm=\"egress-edge\"".to_owned(),
+        ));
+    }
     h
 }
 
@@ -344,7 +412,7 @@ pub fn respond(r: &Refusal) -> Response<Body> {
     *resp.status_mut() = r.kind.status();
     for (name, value) in headers(r) {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, v);
+            resp.headers_mut().append(name, v);
         }
     }
     if r.kind == Kind::Overloaded {

@@ -195,17 +195,33 @@ impl Api {
         }
     }
 
-    pub async fn mint_handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub fn handles(&self) -> &Arc<egress_handle::HandleAuthority> {
+        &self.handles
+    }
+
+    pub async fn mint_handle(&self, req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         let body: egress_handle::MintRequest = match crate::admin::read_json(req).await {
             Ok(b) => b,
             Err(r) => return r,
         };
+        if let Some(s) = &body.sandbox
+            && shared.sandboxes.get(s).is_none()
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!(
+                    "no sandbox `{s}` is registered; a handle bound to it could never be redeemed"
+                ),
+            );
+        }
         match self.handles.mint(&body) {
             Ok(minted) => {
                 tracing::info!(
                     target: crate::credential::AUDIT_TARGET,
                     handle_id = %minted.id,
                     session = body.session.as_deref().unwrap_or(""),
+                    sandbox = body.sandbox.as_deref().unwrap_or(""),
                     credentials = ?body.credentials,
                     "handle minted"
                 );

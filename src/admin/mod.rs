@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod guard;
+mod sandboxes;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -410,8 +411,22 @@ async fn v1(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Body> {
             StatusCode::OK,
             &serde_json::json!({"enabled": ctx.shared.kill.is_enabled()}),
         ),
-        (Method::POST, "/v1/handles") => ctx.api.mint_handle(req).await,
+        (Method::POST, "/v1/handles") => ctx.api.mint_handle(req, &ctx.shared).await,
         (Method::POST, "/v1/handles/revoke") => ctx.api.revoke_handle(req).await,
+        (Method::POST, "/v1/sandboxes") => sandboxes::register(req, &ctx.shared).await,
+        (Method::GET, "/v1/sandboxes") => sandboxes::list(&ctx.shared),
+        (method, p) if p.starts_with("/v1/sandboxes/") => {
+            let id = &p["/v1/sandboxes/".len()..];
+            match method {
+                Method::GET => sandboxes::get(&ctx.shared, id),
+                Method::DELETE => sandboxes::remove(&ctx.shared, ctx.api.handles(), id).await,
+                _ => error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use GET or DELETE on /v1/sandboxes/{id}",
+                ),
+            }
+        }
         _ => error(StatusCode::NOT_FOUND, "not_found", "unknown admin path"),
     }
 }

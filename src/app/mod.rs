@@ -31,6 +31,7 @@ use crate::observe::metrics::Metrics;
 use crate::rung::Ladder;
 use crate::rung::bump::Bumper;
 use crate::state::reload::Reloader;
+use crate::state::sandboxes::Registry;
 use crate::state::snapshot::CoverageError;
 use crate::state::{Shared, Snapshot, Sources};
 
@@ -66,6 +67,8 @@ pub enum AppError {
     Handles(#[from] egress_handle::HandleError),
     #[error("a startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("sandboxes: {0}")]
+    Sandboxes(#[from] crate::state::sandboxes::SandboxError),
 }
 
 impl AppError {
@@ -130,8 +133,7 @@ impl App {
         let bumper = Arc::new(Bumper::new(ca.clone(), config.ca.leaf_ttl, injector)?);
         let exact: Vec<String> = config
             .policy
-            .rules()
-            .iter()
+            .all_rules()
             .filter(|r| r.rung == crate::policy::Rung::Bump && r.pattern.is_exact())
             .map(|r| r.pattern.to_string())
             .collect();
@@ -153,7 +155,8 @@ impl App {
         };
         let snapshot = Snapshot::build(config.clone(), &sources)?;
         let auth = AdminAuth::load(&config.admin)?;
-        let shared = Arc::new(Shared::new(snapshot, Metrics::new()));
+        let sandboxes = Registry::load(&config)?;
+        let shared = Arc::new(Shared::new(snapshot, Metrics::new()).with_sandboxes(sandboxes));
         background::spawn_revocation_reload(&shared, handles.clone());
         let reloader = Arc::new(Reloader {
             shared: shared.clone(),

@@ -27,6 +27,7 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
             credentials,
             ttl,
             session,
+            sandbox,
             host,
             methods,
             path_prefixes,
@@ -38,6 +39,7 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
                 credentials,
                 ttl: ttl_d,
                 session,
+                sandbox,
                 host,
                 methods: (!methods.is_empty()).then_some(methods),
                 path_prefixes: (!path_prefixes.is_empty()).then_some(path_prefixes),
@@ -51,7 +53,7 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
                 }
                 Target::Admin(url) => {
                     let body = serde_json::json!({
-                        "credentials": req.credentials, "ttl": ttl, "session": req.session, "host": req.host,
+                        "credentials": req.credentials, "ttl": ttl, "session": req.session, "sandbox": req.sandbox, "host": req.host,
                         "methods": req.methods, "path_prefixes": req.path_prefixes,
                     });
                     let v = admin_post(&url, "/v1/handles", body).await?;
@@ -67,14 +69,16 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
         HandleCommand::Revoke {
             id,
             session,
+            sandbox,
             target,
         } => {
-            let what = match (&id, &session) {
-                (Some(i), None) => egress_handle::RevokeTarget::Id(i.clone()),
-                (None, Some(s)) => egress_handle::RevokeTarget::Session(s.clone()),
+            let what = match (id, session, sandbox) {
+                (Some(i), None, None) => egress_handle::RevokeTarget::Id(i),
+                (None, Some(s), None) => egress_handle::RevokeTarget::Session(s),
+                (None, None, Some(s)) => egress_handle::RevokeTarget::Sandbox(s),
                 _ => {
                     return Err(CliError::Usage(
-                        "give exactly one of --id or --session".into(),
+                        "give exactly one of --id, --session or --sandbox".into(),
                     ));
                 }
             };
@@ -87,6 +91,9 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
                         egress_handle::RevokeTarget::Id(i) => serde_json::json!({ "id": i }),
                         egress_handle::RevokeTarget::Session(s) => {
                             serde_json::json!({ "session": s })
+                        }
+                        egress_handle::RevokeTarget::Sandbox(s) => {
+                            serde_json::json!({ "sandbox": s })
                         }
                     };
                     admin_post(&url, "/v1/handles/revoke", body)

@@ -136,6 +136,9 @@ pub enum HandleCommand {
         ttl: String,
         #[arg(long)]
         session: Option<String>,
+        /// Bind the handle to this sandbox: redeemed only on its connections.
+        #[arg(long)]
+        sandbox: Option<String>,
         #[arg(long)]
         host: Option<String>,
         #[arg(long = "method")]
@@ -145,12 +148,18 @@ pub enum HandleCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Revoke handles by id or by session.
+    /// Revoke handles by id, by session, or every handle bound to a sandbox.
     Revoke {
-        #[arg(long, conflicts_with = "session", required_unless_present = "session")]
+        #[arg(
+            long,
+            conflicts_with_all = ["session", "sandbox"],
+            required_unless_present_any = ["session", "sandbox"]
+        )]
         id: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sandbox")]
         session: Option<String>,
+        #[arg(long)]
+        sandbox: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },

@@ -51,3 +51,6 @@ pub const DNS_TTL: Duration = Duration::from_secs(30);
 pub const DNS_TTL_MAX: Duration = Duration::from_secs(300);
 /// Longest DNS label the guest resolver looks up for a name no rule names exactly.
 pub const DNS_MAX_LABEL_LEN: usize = 40;
+/// Sandboxes with their own `sandbox` metric label value; the rest share `other`.
+pub const SANDBOX_METRIC_LABELS: usize = 100;
+pub const SANDBOX_METRIC_LABELS_MAX: usize = 10_000;

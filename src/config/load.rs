@@ -4,10 +4,13 @@
 //! `serde_path_to_error` (which knows the key path). Errors found after parsing (cross-field
 //! rules) carry the key path; the line is found by walking the YAML text for that path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use super::defaults;
 use super::raw::{self, DenyEntry, RawConfig};
@@ -15,9 +18,11 @@ use super::{
     AdminConfig, CaConfig, CaSource, Config, DnsConfig, LogConfig, NetworkConfig, ProxyConfig,
     SdsConfig, SdsTlsFiles, SecretsConfig, TlsServerFiles, UpstreamConfig, rules_from,
 };
+use crate::config::sandbox::{id_problem, source_conflict};
+use crate::config::{ProfileView, SandboxConfig};
 use crate::net::host::Host;
 use crate::net::netguard::AddressPolicy;
-use crate::policy::{Policy, Rung};
+use crate::policy::{Mode, Policy, RuleSet, Rung};
 
 /// A config error, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,9 +193,27 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
         None => None,
         Some(s) => Some(secrets_from(s)?),
     };
-    let (rules, destinations) = rules_from(raw.destinations)?;
+    let (rules, destinations) = rules_from("destinations", raw.destinations)?;
     let default_rung = raw.default_rung.unwrap_or(Rung::Deny);
-    let policy = Policy::new(rules, default_rung);
+    let (profile_sets, profiles) = profiles_from(raw.profiles)?;
+    let policy = Policy::new(
+        RuleSet::new(rules, default_rung, Mode::Enforce),
+        profile_sets,
+    );
+    let sandboxes = sandboxes_from(raw.sandboxes, &policy)?;
+    let sandbox_metric_labels = raw
+        .metrics
+        .sandbox_labels
+        .unwrap_or(defaults::SANDBOX_METRIC_LABELS);
+    if sandbox_metric_labels > defaults::SANDBOX_METRIC_LABELS_MAX {
+        return err(
+            "metrics.sandbox_labels",
+            format!(
+                "at most {} (each label value is a time series per metric)",
+                defaults::SANDBOX_METRIC_LABELS_MAX
+            ),
+        );
+    }
     let dns = match raw.dns {
         None => None,
         Some(d) => Some(dns_from(d)?),
@@ -213,9 +236,92 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
         policy,
         destinations,
         default_rung,
+        profiles,
+        sandboxes,
+        sandbox_metric_labels,
     };
     check_secrets_source(&config)?;
     Ok(config)
+}
+
+type Profiles = (BTreeMap<Arc<str>, RuleSet>, BTreeMap<String, ProfileView>);
+
+fn profiles_from(raw: BTreeMap<String, raw::RawProfile>) -> Located<Profiles> {
+    let mut sets = BTreeMap::new();
+    let mut views = BTreeMap::new();
+    for (name, p) in raw {
+        let key = format!("profiles.{name}");
+        if let Some(problem) = id_problem(&name) {
+            return err(&key, problem.replace("sandbox id", "profile name"));
+        }
+        let (rules, destinations) = rules_from(&format!("{key}.destinations"), p.destinations)?;
+        let mode = p.mode.unwrap_or_default();
+        let default_rung = p.default_rung.unwrap_or(Rung::Deny);
+        sets.insert(
+            Arc::from(name.as_str()),
+            RuleSet::new(rules, default_rung, mode),
+        );
+        views.insert(
+            name,
+            ProfileView {
+                mode,
+                default_rung,
+                destinations,
+            },
+        );
+    }
+    Ok((sets, views))
+}
+
+fn sandboxes_from(raw: Vec<raw::RawSandbox>, policy: &Policy) -> Located<Vec<SandboxConfig>> {
+    let mut out: Vec<SandboxConfig> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = format!("sandboxes[{i}]");
+        if let Some(problem) = id_problem(&s.id) {
+            return err(&format!("{key}.id"), problem);
+        }
+        if let Some(j) = out.iter().position(|o| o.id == s.id) {
+            return err(
+                &format!("{key}.id"),
+                format!("`{}` is already the id of sandboxes[{j}]", s.id),
+            );
+        }
+        if !policy.has_profile(&s.profile) {
+            return err(
+                &format!("{key}.profile"),
+                format!("no profile `{}` under `profiles`", s.profile),
+            );
+        }
+        let sources: Vec<IpNet> = s.sources.iter().map(|n| n.0).collect();
+        match (sources.is_empty(), &s.token_file) {
+            (true, None) => {
+                return err(
+                    &key,
+                    "set `sources` (the sandbox's addresses) or `token_file` (its proxy token)",
+                );
+            }
+            (false, Some(_)) => {
+                return err(
+                    &format!("{key}.token_file"),
+                    "set `sources` or `token_file`, not both: a sandbox is identified one way",
+                );
+            }
+            _ => {}
+        }
+        let taken = out
+            .iter()
+            .flat_map(|o| o.sources.iter().map(move |n| (o.id.as_str(), n)));
+        if let Some(conflict) = source_conflict(&sources, taken) {
+            return err(&format!("{key}.sources"), conflict);
+        }
+        out.push(SandboxConfig {
+            id: s.id,
+            profile: s.profile,
+            sources,
+            token_file: s.token_file,
+        });
+    }
+    Ok(out)
 }
 
 fn proxy_from(raw: raw::RawProxy) -> Located<ProxyConfig> {
@@ -229,6 +335,7 @@ fn proxy_from(raw: raw::RawProxy) -> Located<ProxyConfig> {
         handshake_timeout: dur(raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT),
         idle_timeout: dur(raw.idle_timeout, defaults::IDLE_TIMEOUT),
         shutdown_grace: dur(raw.shutdown_grace, defaults::SHUTDOWN_GRACE),
+        require_sandbox: raw.require_sandbox,
     };
     if proxy.max_connections == 0 {
         return err("proxy.max_connections", "must be at least 1");
@@ -769,7 +876,7 @@ destinations:
 default_rung: deny
 ";
         let c = parse(text).unwrap();
-        let rungs: Vec<Rung> = c.policy.rules().iter().map(|r| r.rung).collect();
+        let rungs: Vec<Rung> = c.policy.top().rules().iter().map(|r| r.rung).collect();
         assert_eq!(
             rungs,
             vec![

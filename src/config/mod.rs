@@ -8,6 +8,7 @@
 pub mod defaults;
 mod load;
 pub mod raw;
+pub mod sandbox;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -19,10 +20,12 @@ use serde::Serialize;
 
 pub use load::{ConfigError, load_file, parse_str};
 pub use raw::{ListenAddr, LogFormat};
+pub use sandbox::SandboxConfig;
 
 use crate::net::host::Host;
 use crate::net::netguard::AddressPolicy;
-use crate::policy::{Credential, Policy, Rule, Rung};
+use crate::policy::path::PathPattern;
+use crate::policy::{Credential, Mode, Policy, RequestMatch, RequestRules, Rule, Rung};
 
 /// The built-in solo configuration `egress-edge run` uses with no `--config`.
 pub const BUILTIN_DEFAULT: &str = "\
@@ -56,6 +59,19 @@ pub struct Config {
     /// The destinations as configured, for `/v1/config`.
     pub destinations: Vec<DestinationView>,
     pub default_rung: Rung,
+    /// The profiles as configured, for `/v1/config`.
+    pub profiles: BTreeMap<String, ProfileView>,
+    /// The sandboxes of the config file (the admin API registers more).
+    pub sandboxes: Vec<SandboxConfig>,
+    /// Sandboxes that get their own `sandbox` metric label; the rest share `other`.
+    pub sandbox_metric_labels: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfileView {
+    pub mode: Mode,
+    pub default_rung: Rung,
+    pub destinations: Vec<DestinationView>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -75,6 +91,8 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    /// Connections no sandbox claims are refused.
+    pub require_sandbox: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -196,6 +214,22 @@ pub struct DestinationView {
     pub rung: Rung,
     pub credential: Option<Credential>,
     pub require_handle: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<RequestMatchView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestMatchView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
 }
 
 impl Config {
@@ -208,8 +242,7 @@ impl Config {
     pub fn referenced_secrets(&self) -> BTreeSet<String> {
         let mut names: BTreeSet<String> = self
             .policy
-            .rules()
-            .iter()
+            .all_rules()
             .filter_map(|r| r.credential.as_ref())
             .map(|c| c.secret_name().to_owned())
             .collect();
@@ -245,20 +278,22 @@ mod humantime_serde_compat {
     }
 }
 
-/// Builds the typed policy rules from the `destinations` list (used by `load.rs`).
+/// Builds the typed policy rules from a `destinations` list whose key is `list` (used by
+/// `load.rs` for the top level and for each profile).
 fn rules_from(
+    list: &str,
     destinations: Vec<raw::RawDestination>,
 ) -> Result<(Vec<Rule>, Vec<DestinationView>), (String, String)> {
     let mut rules = Vec::with_capacity(destinations.len());
     let mut views = Vec::with_capacity(destinations.len());
     let mut seen_ids = BTreeMap::new();
     for (i, d) in destinations.into_iter().enumerate() {
-        let key = format!("destinations[{i}]");
+        let key = format!("{list}[{i}]");
         let id = d.id.clone().unwrap_or_else(|| key.clone());
         if let Some(prev) = seen_ids.insert(id.clone(), i) {
             return Err((
                 format!("{key}.id"),
-                format!("`{id}` is already the id of destinations[{prev}]"),
+                format!("`{id}` is already the id of {list}[{prev}]"),
             ));
         }
         if let Some(ports) = &d.ports
@@ -292,6 +327,7 @@ fn rules_from(
                 "require_handle needs a credential on the same destination".into(),
             ));
         }
+        let requests = requests_from(&key, rung, d.methods, d.paths, d.deny)?;
         views.push(DestinationView {
             id: id.clone(),
             host: d.host.0.to_string(),
@@ -299,6 +335,23 @@ fn rules_from(
             rung,
             credential: credential.clone(),
             require_handle: d.require_handle,
+            methods: requests.methods.clone(),
+            paths: requests
+                .paths
+                .as_ref()
+                .map(|ps| ps.iter().map(ToString::to_string).collect()),
+            deny: requests
+                .deny
+                .iter()
+                .map(|m| RequestMatchView {
+                    methods: m.methods.clone(),
+                    paths: m
+                        .paths
+                        .as_ref()
+                        .map(|ps| ps.iter().map(ToString::to_string).collect()),
+                })
+                .collect(),
+            mode: d.mode,
         });
         rules.push(Rule {
             id: id.into(),
@@ -307,9 +360,101 @@ fn rules_from(
             rung,
             credential,
             require_handle: d.require_handle,
+            requests,
+            mode: d.mode,
         });
     }
     Ok((rules, views))
+}
+
+/// The request-level rules of destination `key`: only a bump destination's requests can be
+/// seen, so anywhere else they are an error rather than a rule that silently never applies.
+fn requests_from(
+    key: &str,
+    rung: Rung,
+    methods: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+    deny: Vec<raw::RawRequestMatch>,
+) -> Result<RequestRules, (String, String)> {
+    let rules = RequestRules {
+        methods: methods
+            .map(|m| methods_from(&format!("{key}.methods"), m))
+            .transpose()?,
+        paths: paths
+            .map(|p| paths_from(&format!("{key}.paths"), p))
+            .transpose()?,
+        deny: deny
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let k = format!("{key}.deny[{i}]");
+                if m.methods.is_none() && m.paths.is_none() {
+                    return Err((
+                        k,
+                        "a deny entry needs `methods`, `paths` or both (an empty one would refuse every request; use rung: deny for that)".to_owned(),
+                    ));
+                }
+                Ok(RequestMatch {
+                    methods: m
+                        .methods
+                        .map(|v| methods_from(&format!("{k}.methods"), v))
+                        .transpose()?,
+                    paths: m
+                        .paths
+                        .map(|v| paths_from(&format!("{k}.paths"), v))
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if !rules.is_empty() && rung != Rung::Bump {
+        let which = if rules.methods.is_some() {
+            "methods"
+        } else if rules.paths.is_some() {
+            "paths"
+        } else {
+            "deny"
+        };
+        return Err((
+            format!("{key}.{which}"),
+            format!(
+                "`{which}` judges the requests of a bump destination; this one is `{rung}`, whose requests the proxy does not see (set rung: bump)"
+            ),
+        ));
+    }
+    Ok(rules)
+}
+
+fn methods_from(key: &str, methods: Vec<String>) -> Result<Vec<String>, (String, String)> {
+    if methods.is_empty() {
+        return Err((key.to_owned(), "list at least one method".into()));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(methods.len());
+    for (i, m) in methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        if http::Method::from_bytes(upper.as_bytes()).is_err() || upper.len() > 32 {
+            return Err((
+                format!("{key}[{i}]"),
+                format!("`{m}` is not an HTTP method"),
+            ));
+        }
+        if out.contains(&upper) {
+            return Err((format!("{key}[{i}]"), format!("`{m}` is listed twice")));
+        }
+        out.push(upper);
+    }
+    Ok(out)
+}
+
+fn paths_from(key: &str, paths: Vec<String>) -> Result<Vec<PathPattern>, (String, String)> {
+    if paths.is_empty() {
+        return Err((key.to_owned(), "list at least one path".into()));
+    }
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PathPattern::parse(p).map_err(|e| (format!("{key}[{i}]"), e)))
+        .collect()
 }
 
 /// `{ secret, headers: [...], query: NAME }`: the handle swapped in place.

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::net::netguard;
-use crate::policy::{HostPattern, Rung};
+use crate::policy::{HostPattern, Mode, Rung};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +40,43 @@ pub struct RawConfig {
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
     pub default_rung: Option<Rung>,
+    /// Named sets of destinations that sandboxes run under.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, RawProfile>,
+    /// Sandboxes known from the config (more can be registered over the admin API).
+    #[serde(default)]
+    pub sandboxes: Vec<RawSandbox>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// A profile: destinations in the top-level shape, its own default rung and mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub destinations: Vec<RawDestination>,
+    /// Default `deny`.
+    pub default_rung: Option<Rung>,
+}
+
+/// A sandbox from the config: identified by source addresses or by a proxy token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    pub id: String,
+    pub profile: String,
+    #[serde(default)]
+    pub sources: Vec<NetEntry>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Sandboxes that get their own `sandbox` label value; the rest share `other`.
+    pub sandbox_labels: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +99,9 @@ pub struct RawProxy {
     pub handshake_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
     pub shutdown_grace: Option<Dur>,
+    /// Refuse connections that no sandbox claims (407 on the explicit listener).
+    #[serde(default)]
+    pub require_sandbox: bool,
 }
 
 /// The guest resolver (`dns:`).
@@ -170,6 +210,22 @@ pub struct RawDestination {
     pub credential: Option<RawCredential>,
     #[serde(default)]
     pub require_handle: bool,
+    /// Bump destinations: allowed methods.
+    pub methods: Option<Vec<String>>,
+    /// Bump destinations: allowed path patterns (segment prefixes, `*` for one segment).
+    pub paths: Option<Vec<String>>,
+    /// Bump destinations: requests refused even when methods and paths allow them.
+    #[serde(default)]
+    pub deny: Vec<RawRequestMatch>,
+    /// This destination's mode (`enforce` or `report`), overriding its profile's.
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestMatch {
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

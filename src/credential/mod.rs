@@ -46,6 +46,8 @@ pub struct Dest<'a> {
     pub port: u16,
     pub rule: Option<&'a Rule>,
     pub rule_id: &'a str,
+    /// The sandbox the request's connection was identified as.
+    pub sandbox: Option<&'a str>,
 }
 
 impl Dest<'_> {
@@ -159,8 +161,10 @@ fn exfiltration(
     credential: &str,
     base: Refusal,
     cause: &str,
+    sandbox: Option<&str>,
 ) -> Refusal {
     audit(
+        sandbox,
         None,
         None,
         credential,
@@ -173,6 +177,7 @@ fn exfiltration(
 }
 
 fn audit(
+    sandbox: Option<&str>,
     id: Option<&str>,
     session: Option<&str>,
     credential: &str,
@@ -182,6 +187,7 @@ fn audit(
 ) {
     tracing::info!(
         target: AUDIT_TARGET,
+        sandbox = sandbox.unwrap_or(""),
         handle_id = id.unwrap_or(""),
         session = session.unwrap_or(""),
         credential,
@@ -217,6 +223,7 @@ impl Injector {
                     "",
                     dest.refusal(Kind::HandleOutOfScope, ""),
                     NO_CREDENTIAL,
+                    dest.sandbox,
                 ));
             }
             return Ok(Injected::default());
@@ -232,6 +239,7 @@ impl Injector {
         if let Some(bad) = found.iter().find(|f| !f.candidate.is_well_formed()) {
             let defect = bad.candidate.defect().map_or("malformed", |d| d.describe());
             audit(
+                dest.sandbox,
                 None,
                 None,
                 secret_name,
@@ -262,6 +270,7 @@ impl Injector {
                 secret_name,
                 dest.refusal(Kind::HandleOutOfScope, ""),
                 "a handle was sent outside the credential's header or query parameter",
+                dest.sandbox,
             ));
         }
         let token = match in_binding.as_slice() {
@@ -285,12 +294,41 @@ impl Injector {
         let claims = match self.verify(&token) {
             Ok(c) => c,
             Err(e) => {
-                audit(None, None, secret_name, &shown, e.code(), &redacted);
+                audit(
+                    dest.sandbox,
+                    None,
+                    None,
+                    secret_name,
+                    &shown,
+                    e.code(),
+                    &redacted,
+                );
                 metrics.handle(e.code());
                 return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle {redacted}")));
             }
         };
         let id = claims.id();
+        if let Some(bound) = claims.sandbox()
+            && dest.sandbox != Some(bound)
+        {
+            audit(
+                dest.sandbox,
+                Some(&id),
+                claims.session(),
+                secret_name,
+                &shown,
+                "handle_wrong_sandbox",
+                &redacted,
+            );
+            metrics.handle("handle_wrong_sandbox");
+            let here = dest.sandbox.unwrap_or("no sandbox");
+            return Err(dest.refusal(
+                Kind::HandleWrongSandbox,
+                &format!(
+                    "issued to sandbox `{bound}`, this connection is `{here}`; handle id {id}"
+                ),
+            ));
+        }
         let method = parts.method.as_str().to_owned();
         let path = parts.uri.path().to_owned();
         let host_only = dest
@@ -300,6 +338,7 @@ impl Injector {
             .unwrap_or_else(|| shown.clone());
         if let Err(e) = claims.authorize(secret_name, &host_only, &method, &path) {
             audit(
+                dest.sandbox,
                 Some(&id),
                 claims.session(),
                 secret_name,
@@ -317,6 +356,7 @@ impl Injector {
             "credential_unavailable"
         };
         audit(
+            dest.sandbox,
             Some(&id),
             claims.session(),
             secret_name,

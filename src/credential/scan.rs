@@ -90,6 +90,7 @@ pub fn refuse_stray_handles(
     host: &str,
     port: u16,
     rule: &str,
+    sandbox: Option<&str>,
 ) -> Result<(), Refusal> {
     match request(parts).first() {
         Some(f) => Err(super::exfiltration(
@@ -98,6 +99,7 @@ pub fn refuse_stray_handles(
             "",
             Refusal::new(Kind::HandleOutOfScope, host, port, rule),
             super::NO_CREDENTIAL,
+            sandbox,
         )),
         None => Ok(()),
     }

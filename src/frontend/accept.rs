@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::context::{ConnCtx, Identity};
+use crate::context::ConnCtx;
 use crate::observe::rate_limit::RateLimited;
 use crate::refusal::{Kind, out_of_descriptors};
 use crate::state::Shared;
@@ -145,6 +145,5 @@ pub fn connection(
         shared: shared.clone(),
         client: peer,
         permit: Arc::new(permit),
-        identity: Identity::Anonymous,
     }))
 }

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::uri::Authority;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::context::{ConnCtx, ReqCtx, Target, Via};
 use crate::observe::access_log::Unit;
-use crate::refusal::Kind;
+use crate::refusal::{Kind, Refusal};
 use crate::rung::{self, Ladder, head};
 
 /// Serves one request of a guest connection.
@@ -33,6 +33,27 @@ pub async fn handle(
     Ok(absolute(req, conn, start).await)
 }
 
+/// Who sent this request: the sandbox its proxy token names, else the one its source address
+/// belongs to (`proxy_auth_required` when a token is wrong, or missing where required).
+/// `Proxy-Authorization` is hop-by-hop and never forwarded.
+fn identify(ctx: &mut ReqCtx, headers: &HeaderMap) -> Result<(), Refusal> {
+    let shared = ctx.shared().clone();
+    let found = shared.sandboxes.identify(
+        ctx.conn.client.ip(),
+        headers.get(header::PROXY_AUTHORIZATION),
+        ctx.snap.config.proxy.require_sandbox,
+    );
+    match found {
+        Ok(sandbox) => {
+            ctx.identified(sandbox);
+            Ok(())
+        }
+        Err(e) => Err(ctx
+            .refusal(Kind::ProxyAuthRequired)
+            .with_cause(e.to_string())),
+    }
+}
+
 async fn connect(
     req: Request<Incoming>,
     conn: Arc<ConnCtx>,
@@ -40,6 +61,9 @@ async fn connect(
     start: Instant,
 ) -> Response<Body> {
     let mut ctx = ReqCtx::new(conn, Unit::Tunnel, start);
+    if let Err(r) = identify(&mut ctx, req.headers()) {
+        return ctx.refuse(&r);
+    }
     let Some(authority) = req.uri().authority().cloned() else {
         return ctx.deny(Kind::BadRequest, "CONNECT needs host:port");
     };
@@ -68,6 +92,9 @@ async fn connect(
 async fn absolute(req: Request<Incoming>, conn: Arc<ConnCtx>, start: Instant) -> Response<Body> {
     let mut ctx = ReqCtx::new(conn, Unit::Request, start);
     ctx.ev().method = Some(req.method().to_string());
+    if let Err(r) = identify(&mut ctx, req.headers()) {
+        return ctx.refuse(&r);
+    }
     let uri = req.uri();
     let (Some(authority), Some(scheme)) = (uri.authority().cloned(), uri.scheme_str()) else {
         return ctx.deny(

@@ -97,7 +97,7 @@ where
         r = served.as_mut() => {
             if let Err(e) = r {
                 if e.is_timeout() {
-                    shared.metrics.connection(None, None, Outcome::HeaderTimeout);
+                    shared.metrics.connection(None, None, Outcome::HeaderTimeout, None);
                     if let Some(suppressed) = HEADER_TIMEOUTS.check() {
                         tracing::warn!(client = %conn.client, suppressed, "guest connection closed: no complete request head within proxy.header_read_timeout");
                     }

@@ -159,9 +159,12 @@ fn unmapped(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The context of one unit on a redirected connection: its destination is the original one
-/// until the SNI or `Host` names it.
+/// until the SNI or `Host` names it; its sandbox is the one the source address belongs to
+/// (the only way to tell sandboxes apart here).
 fn unit(conn: Arc<ConnCtx>, kind: Unit, start: Instant, original: SocketAddr) -> ReqCtx {
+    let sandbox = conn.shared.sandboxes.by_source(conn.client.ip());
     let mut ctx = ReqCtx::new(conn, kind, start);
+    ctx.identified(sandbox);
     ctx.port = original.port();
     let ev = ctx.ev();
     ev.original_dst = Some(original);

@@ -27,6 +27,10 @@ pub mod fields {
     pub const ORIGINAL_DST: &str = "original_dst";
     pub const RUNG: &str = "rung";
     pub const RULE: &str = "rule";
+    /// The sandbox the unit was identified as (empty when none).
+    pub const SANDBOX: &str = "sandbox";
+    /// Report mode: the code enforce mode would have refused with.
+    pub const WOULD_DENY: &str = "would_deny";
     pub const METHOD: &str = "method";
     pub const PATH: &str = "path";
     pub const REQUEST_ID: &str = "request_id";
@@ -67,6 +71,10 @@ pub enum Outcome {
     GuestTlsFailed,
     /// The unit was dropped before any stage recorded how it ended.
     Aborted,
+    /// Report mode: completed, though enforce mode would have refused it.
+    WouldDeny,
+    /// Its sandbox was removed (admin API or reload) while it was open.
+    SandboxRemoved,
 }
 
 impl Outcome {
@@ -88,6 +96,8 @@ impl Outcome {
             Outcome::LeafMintFailed => "leaf_mint_failed",
             Outcome::GuestTlsFailed => "guest_tls_failed",
             Outcome::Aborted => "aborted",
+            Outcome::WouldDeny => "would_deny",
+            Outcome::SandboxRemoved => "sandbox_removed",
         }
     }
 }
@@ -99,6 +109,7 @@ impl From<End> for Outcome {
             End::IdleTimeout => Outcome::IdleTimeout,
             End::Shutdown => Outcome::Shutdown,
             End::KillSwitch => Outcome::KillSwitch,
+            End::SandboxRemoved => Outcome::SandboxRemoved,
             End::Error => Outcome::IoError,
         }
     }
@@ -153,6 +164,10 @@ pub struct AccessEvent {
     pub original_dst: Option<SocketAddr>,
     pub rung: Option<Rung>,
     pub rule: Option<String>,
+    /// The sandbox's id, and its metric label value.
+    pub sandbox: Option<(std::sync::Arc<str>, std::sync::Arc<str>)>,
+    /// Report mode: what enforce mode would have refused the unit with.
+    pub would_deny: Option<&'static str>,
     pub method: Option<String>,
     /// The request path, query values redacted (see [`loggable_path`]).
     pub path: Option<String>,
@@ -180,6 +195,8 @@ impl AccessEvent {
             original_dst: None,
             rung: None,
             rule: None,
+            sandbox: None,
+            would_deny: None,
             method: None,
             path: None,
             request_id: None,
@@ -210,6 +227,8 @@ impl AccessEvent {
             original_dst = self.original_dst.map(|a| a.to_string()).unwrap_or_default(),
             rung = self.rung.map(Rung::as_str).unwrap_or(""),
             rule = opt(&self.rule),
+            sandbox = self.sandbox.as_ref().map_or("", |(id, _)| &**id),
+            would_deny = self.would_deny.unwrap_or(""),
             method = guest(&self.method),
             path = guest(&self.path),
             request_id = guest(&self.request_id),
@@ -276,6 +295,8 @@ mod tests {
             fields::ORIGINAL_DST,
             fields::RUNG,
             fields::RULE,
+            fields::SANDBOX,
+            fields::WOULD_DENY,
             fields::METHOD,
             fields::PATH,
             fields::REQUEST_ID,

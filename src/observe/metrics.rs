@@ -1,8 +1,10 @@
 //! Prometheus metrics (prometheus-client): the registry and the handles stages update.
 //!
-//! Label values are drawn from closed sets (rungs, refusal codes, outcomes, directions) or
-//! from config (rule ids, secret names) — never from guest input such as hostnames, so a guest
-//! cannot blow up cardinality — and never from secret values.
+//! Label values are drawn from closed sets (rungs, refusal codes, outcomes, directions), from
+//! config (rule ids, secret names) or from the sandbox registry (`sandbox`: a sandbox's id for
+//! the first `metrics.sandbox_labels` sandboxes, then `other`; `none` for units no sandbox
+//! claims) — never from guest input such as hostnames, so a guest cannot blow up cardinality
+//! — and never from secret values.
 
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -29,6 +31,7 @@ pub struct RungOutcome {
     pub rung: String,
     pub outcome: String,
     pub rule: String,
+    pub sandbox: String,
 }
 
 /// Labels of a request: as for connections, plus the class of the status the guest got
@@ -39,7 +42,19 @@ pub struct RequestLabels {
     pub outcome: String,
     pub rule: String,
     pub status: &'static str,
+    pub sandbox: String,
 }
+
+/// Labels of a report-mode decision that let through what enforce mode would refuse.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WouldDenyLabels {
+    pub sandbox: String,
+    pub code: &'static str,
+    pub rule: String,
+}
+
+/// The `sandbox` label of a unit no sandbox claims.
+pub const NO_SANDBOX: &str = "none";
 
 fn status_class(status: Option<u16>) -> &'static str {
     match status {
@@ -103,6 +118,7 @@ pub struct Metrics {
     pub reflections: Family<SecretLabel, Counter>,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_latency: Histogram,
+    pub would_deny: Family<WouldDenyLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +147,12 @@ impl Metrics {
         let handles = Family::<ResultLabel, Counter>::default();
         let reflections = Family::<SecretLabel, Counter>::default();
         let dns_queries = Family::<DnsLabels, Counter>::default();
+        let would_deny = Family::<WouldDenyLabels, Counter>::default();
+        registry.register(
+            "would_deny",
+            "Report-mode decisions that let through what enforce mode would refuse, by sandbox, code and rule",
+            would_deny.clone(),
+        );
         // 50 µs .. ~1.6 s
         let dns_latency = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
         registry.register(
@@ -213,6 +235,7 @@ impl Metrics {
             reflections,
             dns_queries,
             dns_latency,
+            would_deny,
         }
     }
 
@@ -239,12 +262,30 @@ impl Metrics {
     }
 
     /// A tunnel or bump session ended. `rule` is a config rule id (bounded by the config).
-    pub fn connection(&self, rung: Option<Rung>, rule: Option<&str>, outcome: Outcome) {
+    pub fn connection(
+        &self,
+        rung: Option<Rung>,
+        rule: Option<&str>,
+        outcome: Outcome,
+        sandbox: Option<&str>,
+    ) {
         self.connections
             .get_or_create(&RungOutcome {
                 rung: rung_label(rung),
                 outcome: outcome.as_str().to_owned(),
                 rule: rule.unwrap_or("none").to_owned(),
+                sandbox: sandbox.unwrap_or(NO_SANDBOX).to_owned(),
+            })
+            .inc();
+    }
+
+    /// Report mode let a unit through that enforce mode would refuse with `code`.
+    pub fn would_deny(&self, sandbox: Option<&str>, code: &'static str, rule: &str) {
+        self.would_deny
+            .get_or_create(&WouldDenyLabels {
+                sandbox: sandbox.unwrap_or(NO_SANDBOX).to_owned(),
+                code,
+                rule: rule.to_owned(),
             })
             .inc();
     }
@@ -256,6 +297,7 @@ impl Metrics {
         rule: Option<&str>,
         outcome: Outcome,
         status: Option<u16>,
+        sandbox: Option<&str>,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
@@ -263,6 +305,7 @@ impl Metrics {
                 outcome: outcome.as_str().to_owned(),
                 rule: rule.unwrap_or("none").to_owned(),
                 status: status_class(status),
+                sandbox: sandbox.unwrap_or(NO_SANDBOX).to_owned(),
             })
             .inc();
     }

@@ -1,23 +1,39 @@
-//! The egress ladder decision: which rung a destination gets, and by which rule.
+//! The egress ladder decision: which rung a destination gets, by which rule, for whom.
 //!
-//! [`Policy::decide`] is a pure function of the policy, the normalized host, the port and the
-//! scheme: it reads no clock, resolves no name and opens no socket. The resolved-address check
-//! is not here — it happens in the dialer, at the moment of connecting, so the address that was
-//! vetted is the address that is used.
+//! [`Policy::decide`] is a pure function of the policy, the asking sandbox ([`Who`]: its
+//! profile, or the top-level rules for a connection no sandbox claims), the normalized host,
+//! the port and the scheme; [`Decision::request`] then judges each request of a bumped
+//! destination by method and normalised path, and [`Policy::evaluate`] is the two in one:
+//! (sandbox, host, port, method, path) → verdict. Nothing here reads a clock, resolves a name
+//! or opens a socket. The resolved-address check is not here — it happens in the dialer, at the
+//! moment of connecting, so the address that was vetted is the address that is used; nor are
+//! handles (the credential stage): report mode never softens either.
+//!
+//! Report mode (a profile's or a destination's `mode: report`): a decision that would deny
+//! comes back allowed (a deny rung becomes `passthrough`) and marked `would_deny`, so the
+//! caller logs and counts it and lets the unit through.
 //!
 //! Matching: a rule matches when its host pattern covers the host and its ports cover the port
 //! (no `ports` means 443 for CONNECT and 80 for plain HTTP). Among matching rules the most
 //! specific host pattern wins (exact name or address, then the longest `*.suffix`); ties go to
 //! the rule written first. Nothing matching means `default_rung`.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 mod credential;
+mod host_pattern;
+pub mod path;
+mod rule;
+#[cfg(test)]
+mod tests;
+
 pub use credential::Credential;
+pub use host_pattern::HostPattern;
+pub use rule::{Denied, Mode, RequestDenial, RequestMatch, RequestRules, Rule};
 
 use crate::net::host::Host;
 
@@ -56,104 +72,10 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Scheme::Connect => 443,
             Scheme::Http => 80,
-        }
-    }
-}
-
-/// A destination host pattern from config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostPattern {
-    /// Exactly this normalized name.
-    Exact(String),
-    /// `*.suffix`: any name strictly below `suffix`, at any depth.
-    Subdomains(String),
-    /// An IP-literal destination; matched as an address, never as a name.
-    Ip(IpAddr),
-}
-
-impl HostPattern {
-    /// Parses `example.com`, `*.example.com`, `10.0.0.1`, `[::1]` or `::1`.
-    pub fn parse(raw: &str) -> Result<HostPattern, String> {
-        if let Some(suffix) = raw.strip_prefix("*.") {
-            return match Host::parse(suffix) {
-                Ok(Host::Name(n)) => Ok(HostPattern::Subdomains(n)),
-                Ok(Host::Ip(_)) => Err(format!(
-                    "`{raw}`: a wildcard needs a DNS suffix, not an address"
-                )),
-                Err(e) => Err(e.to_string()),
-            };
-        }
-        if raw.contains('*') {
-            return Err(format!(
-                "`{raw}`: only a leading `*.` wildcard is supported (use default_rung for a catch-all)"
-            ));
-        }
-        match Host::parse(raw) {
-            Ok(Host::Name(n)) => Ok(HostPattern::Exact(n)),
-            Ok(Host::Ip(ip)) => Ok(HostPattern::Ip(ip)),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    pub fn matches(&self, host: &Host) -> bool {
-        match (self, host) {
-            (HostPattern::Exact(p), Host::Name(n)) => p == n,
-            (HostPattern::Subdomains(s), Host::Name(n)) => {
-                n.len() > s.len() + 1
-                    && n.ends_with(s.as_str())
-                    && n.as_bytes()[n.len() - s.len() - 1] == b'.'
-            }
-            (HostPattern::Ip(p), Host::Ip(ip)) => p == ip,
-            _ => false,
-        }
-    }
-
-    /// Higher is more specific; exact beats any wildcard, longer suffix beats shorter.
-    fn specificity(&self) -> usize {
-        match self {
-            HostPattern::Exact(_) | HostPattern::Ip(_) => usize::MAX,
-            HostPattern::Subdomains(s) => s.split('.').count(),
-        }
-    }
-
-    /// True when the pattern names finitely many hosts (no wildcard).
-    pub fn is_exact(&self) -> bool {
-        !matches!(self, HostPattern::Subdomains(_))
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostPattern::Exact(n) => f.write_str(n),
-            HostPattern::Subdomains(s) => write!(f, "*.{s}"),
-            HostPattern::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-/// One destination rule, typed.
-#[derive(Clone, Debug)]
-pub struct Rule {
-    /// Stable id for logs and refusal bodies: the config's `id`, else `destinations[N]`.
-    pub id: Arc<str>,
-    pub pattern: HostPattern,
-    /// `None`: the scheme's default port only.
-    pub ports: Option<Vec<u16>>,
-    pub rung: Rung,
-    pub credential: Option<Credential>,
-    pub require_handle: bool,
-}
-
-impl Rule {
-    fn covers_port(&self, port: u16, scheme: Scheme) -> bool {
-        match &self.ports {
-            Some(ports) => ports.contains(&port),
-            None => port == scheme.default_port(),
         }
     }
 }
@@ -165,20 +87,59 @@ pub enum Reason {
     DefaultRung,
 }
 
+/// The sandbox a decision is for: its id and the profile it runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Who<'a> {
+    pub sandbox: &'a str,
+    pub profile: &'a str,
+}
+
 /// The outcome of [`Policy::decide`].
 #[derive(Clone, Debug)]
 pub struct Decision {
+    /// The rung to carry the unit on; never `deny` when `would_deny` is set.
     pub rung: Rung,
-    /// Index into [`Policy::rules`]; `None` for the default rung.
-    pub rule: Option<usize>,
+    /// The rule that matched; `None` for the default rung.
+    pub rule: Option<Arc<Rule>>,
     pub rule_id: Arc<str>,
     pub reason: Reason,
+    /// The mode the decision was taken in (the rule's, else the profile's).
+    pub mode: Mode,
+    /// Report mode let through what enforce mode would have denied.
+    pub would_deny: bool,
+}
+
+/// What the request-level rules say about one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestVerdict {
+    Allow,
+    Deny(RequestDenial),
+    /// Report mode: logged and counted, then forwarded.
+    WouldDeny(RequestDenial),
 }
 
 impl Decision {
     /// True when both decisions come from the same rule (or both from the default rung).
     pub fn same_rule(&self, other: &Decision) -> bool {
-        self.rule == other.rule && self.rung == other.rung
+        let same = match (&self.rule, &other.rule) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same && self.rung == other.rung
+    }
+
+    /// Judges one request of this destination by the matched rule's methods, paths and deny
+    /// entries (`target`: the request-target's path and query).
+    pub fn request(&self, method: &str, target: &str) -> RequestVerdict {
+        let Some(rule) = &self.rule else {
+            return RequestVerdict::Allow;
+        };
+        match rule.requests.check(&self.rule_id, method, target) {
+            Ok(()) => RequestVerdict::Allow,
+            Err(d) if self.mode == Mode::Report => RequestVerdict::WouldDeny(d),
+            Err(d) => RequestVerdict::Deny(d),
+        }
     }
 }
 
@@ -197,24 +158,27 @@ pub enum OtherRule {
 
 pub const DEFAULT_RULE_ID: &str = "default_rung";
 
-/// Destination rules plus the default rung.
+/// One list of destination rules with its default rung and mode: the top-level policy, or a
+/// profile.
 #[derive(Clone, Debug)]
-pub struct Policy {
-    rules: Vec<Rule>,
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
     default_rung: Rung,
     default_id: Arc<str>,
+    mode: Mode,
 }
 
-impl Policy {
-    pub fn new(rules: Vec<Rule>, default_rung: Rung) -> Policy {
-        Policy {
-            rules,
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>, default_rung: Rung, mode: Mode) -> RuleSet {
+        RuleSet {
+            rules: rules.into_iter().map(Arc::new).collect(),
             default_rung,
             default_id: Arc::from(DEFAULT_RULE_ID),
+            mode,
         }
     }
 
-    pub fn rules(&self) -> &[Rule] {
+    pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
     }
 
@@ -222,8 +186,8 @@ impl Policy {
         self.default_rung
     }
 
-    pub fn rule(&self, index: usize) -> Option<&Rule> {
-        self.rules.get(index)
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub fn decide(&self, host: &Host, port: u16, scheme: Scheme) -> Decision {
@@ -237,22 +201,36 @@ impl Policy {
                 best = Some((i, s));
             }
         }
-        match best {
-            Some((i, _)) => Decision {
-                rung: self.rules[i].rung,
-                rule: Some(i),
-                rule_id: self.rules[i].id.clone(),
-                reason: Reason::MatchedRule,
-            },
-            None => Decision {
-                rung: self.default_rung,
-                rule: None,
-                rule_id: self.default_id.clone(),
-                reason: Reason::DefaultRung,
-            },
+        let (rung, rule, rule_id, reason, mode) = match best {
+            Some((i, _)) => {
+                let r = &self.rules[i];
+                let mode = r.mode.unwrap_or(self.mode);
+                (
+                    r.rung,
+                    Some(r.clone()),
+                    r.id.clone(),
+                    Reason::MatchedRule,
+                    mode,
+                )
+            }
+            None => (
+                self.default_rung,
+                None,
+                self.default_id.clone(),
+                Reason::DefaultRung,
+                self.mode,
+            ),
+        };
+        let would_deny = rung == Rung::Deny && mode == Mode::Report;
+        Decision {
+            rung: if would_deny { Rung::Passthrough } else { rung },
+            rule,
+            rule_id,
+            reason,
+            mode,
+            would_deny,
         }
     }
-
     /// Whether the guest resolver may answer for `host`: `Ok` with a decision that lets some
     /// connection to it through, `Err` with the deny decision otherwise. Pure, like
     /// [`Policy::decide`], which it calls for the ports the policy speaks about for this
@@ -333,337 +311,113 @@ impl Policy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The whole policy: the top-level rules (for connections no sandbox claims) and the named
+/// profiles sandboxes run under.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    top: RuleSet,
+    profiles: BTreeMap<Arc<str>, RuleSet>,
+    /// For a sandbox whose profile is gone: nothing is allowed (fail closed).
+    nothing: RuleSet,
+}
 
-    fn rule(id: &str, pattern: &str, ports: Option<Vec<u16>>, rung: Rung) -> Rule {
-        Rule {
-            id: Arc::from(id),
-            pattern: HostPattern::parse(pattern).unwrap(),
-            ports,
-            rung,
-            credential: None,
-            require_handle: false,
+impl Policy {
+    pub fn new(top: RuleSet, profiles: BTreeMap<Arc<str>, RuleSet>) -> Policy {
+        Policy {
+            top,
+            profiles,
+            nothing: RuleSet {
+                rules: Vec::new(),
+                default_rung: Rung::Deny,
+                default_id: Arc::from("unknown_profile"),
+                mode: Mode::Enforce,
+            },
         }
     }
 
-    fn policy() -> Policy {
-        Policy::new(
-            vec![
-                rule("openai", "api.openai.com", None, Rung::Bump),
-                rule("pypi", "*.pypi.org", None, Rung::Passthrough),
-                rule("files", "files.pypi.org", None, Rung::Deny),
-                rule(
-                    "corp",
-                    "*.corp.example",
-                    Some(vec![443, 8443]),
-                    Rung::Passthrough,
-                ),
-                rule("deep", "*.a.corp.example", None, Rung::Deny),
-                rule("plain", "plain.example", Some(vec![80]), Rung::Passthrough),
-                rule("ip", "93.184.216.34", None, Rung::Passthrough),
-                rule("dup", "api.openai.com", None, Rung::Deny),
-            ],
-            Rung::Deny,
-        )
+    /// The top-level rules.
+    pub fn top(&self) -> &RuleSet {
+        &self.top
     }
 
-    #[test]
-    fn decision_table() {
-        let p = policy();
-        let cases: &[(&str, &str, u16, Scheme, Rung, &str)] = &[
-            (
-                "exact match",
-                "api.openai.com",
-                443,
-                Scheme::Connect,
-                Rung::Bump,
-                "openai",
-            ),
-            (
-                "first of equal rules wins",
-                "api.openai.com",
-                443,
-                Scheme::Connect,
-                Rung::Bump,
-                "openai",
-            ),
-            (
-                "exact wrong port",
-                "api.openai.com",
-                8443,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-            (
-                "no ports means 80 for plain http",
-                "api.openai.com",
-                80,
-                Scheme::Http,
-                Rung::Bump,
-                "openai",
-            ),
-            (
-                "no ports excludes 80 for CONNECT",
-                "api.openai.com",
-                80,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-            (
-                "wildcard subdomain",
-                "pypi.pypi.org",
-                443,
-                Scheme::Connect,
-                Rung::Passthrough,
-                "pypi",
-            ),
-            (
-                "wildcard deep subdomain",
-                "a.b.pypi.org",
-                443,
-                Scheme::Connect,
-                Rung::Passthrough,
-                "pypi",
-            ),
-            (
-                "wildcard does not cover apex",
-                "pypi.org",
-                443,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-            (
-                "suffix lookalike",
-                "evilpypi.org",
-                443,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-            (
-                "exact beats wildcard",
-                "files.pypi.org",
-                443,
-                Scheme::Connect,
-                Rung::Deny,
-                "files",
-            ),
-            (
-                "explicit ports",
-                "x.corp.example",
-                8443,
-                Scheme::Connect,
-                Rung::Passthrough,
-                "corp",
-            ),
-            (
-                "explicit ports exclude others",
-                "x.corp.example",
-                22,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-            (
-                "longer suffix wins",
-                "x.a.corp.example",
-                443,
-                Scheme::Connect,
-                Rung::Deny,
-                "deep",
-            ),
-            (
-                "longer suffix port miss falls back",
-                "x.a.corp.example",
-                8443,
-                Scheme::Connect,
-                Rung::Passthrough,
-                "corp",
-            ),
-            (
-                "plain http port",
-                "plain.example",
-                80,
-                Scheme::Http,
-                Rung::Passthrough,
-                "plain",
-            ),
-            (
-                "ip literal rule",
-                "93.184.216.34",
-                443,
-                Scheme::Connect,
-                Rung::Passthrough,
-                "ip",
-            ),
-            (
-                "ip rule never matches a name",
-                "example.com",
-                443,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-            (
-                "unknown host",
-                "evil.example",
-                443,
-                Scheme::Connect,
-                Rung::Deny,
-                "default_rung",
-            ),
-        ];
-        for (case, host, port, scheme, rung, id) in cases {
-            let d = p.decide(&Host::parse(host).unwrap(), *port, *scheme);
-            assert_eq!((d.rung, &*d.rule_id), (*rung, *id), "case `{case}`");
+    pub fn profiles(&self) -> &BTreeMap<Arc<str>, RuleSet> {
+        &self.profiles
+    }
+
+    pub fn has_profile(&self, name: &str) -> bool {
+        self.profiles.contains_key(name)
+    }
+
+    /// The rules `who` is judged by: its profile's, the top-level ones for nobody, and none
+    /// at all for a profile this policy does not define.
+    pub fn rules_for(&self, who: Option<Who<'_>>) -> &RuleSet {
+        match who {
+            None => &self.top,
+            Some(w) => self.profiles.get(w.profile).unwrap_or(&self.nothing),
         }
     }
 
-    #[test]
-    fn resolvable_table() {
-        let p = policy();
-        let open = Policy::new(
-            vec![
-                rule("evil", "evil.example", None, Rung::Deny),
-                rule("evil-sub", "*.evil.example", None, Rung::Deny),
-                rule("smtp", "mail.example", Some(vec![25]), Rung::Deny),
-                rule("ok", "ok.evil.example", None, Rung::Passthrough),
-            ],
-            Rung::Passthrough,
-        );
-        // (case, policy, host, resolvable, rule id of the decision)
-        let cases: &[(&str, &Policy, &str, bool, &str)] = &[
-            ("bump rule", &p, "api.openai.com", true, "openai"),
-            ("wildcard passthrough", &p, "a.b.pypi.org", true, "pypi"),
-            (
-                "exact deny beats wildcard",
-                &p,
-                "files.pypi.org",
-                false,
-                "files",
-            ),
-            (
-                "wildcard does not cover apex",
-                &p,
-                "pypi.org",
-                false,
-                "default_rung",
-            ),
-            ("explicit ports count", &p, "x.corp.example", true, "corp"),
-            (
-                "deeper deny, shallower rule on another port",
-                &p,
-                "x.a.corp.example",
-                true,
-                "corp",
-            ),
-            ("plain http rule", &p, "plain.example", true, "plain"),
-            (
-                "unknown name, default deny",
-                &p,
-                "evil.example",
-                false,
-                "default_rung",
-            ),
-            (
-                "unknown name, default open",
-                &open,
-                "a.test",
-                true,
-                "default_rung",
-            ),
-            (
-                "exact deny wins over default",
-                &open,
-                "evil.example",
-                false,
-                "evil",
-            ),
-            (
-                "wildcard deny wins over default",
-                &open,
-                "x.evil.example",
-                false,
-                "evil-sub",
-            ),
-            (
-                "allow below a wildcard deny",
-                &open,
-                "ok.evil.example",
-                true,
-                "ok",
-            ),
-            (
-                "deny on one port leaves the default ports",
-                &open,
-                "mail.example",
-                true,
-                "default_rung",
-            ),
-        ];
-        for (case, policy, host, ok, id) in cases {
-            let r = policy.resolvable(&Host::parse(host).unwrap());
-            let (got_ok, d) = match &r {
-                Ok(d) => (true, d),
-                Err(d) => (false, d),
-            };
-            assert_eq!((got_ok, &*d.rule_id), (*ok, *id), "case `{case}`");
-            assert_eq!(d.rung == Rung::Deny, !got_ok, "case `{case}`");
+    /// Every rule set: the top level, then the profiles by name.
+    pub fn rule_sets(&self) -> impl Iterator<Item = &RuleSet> {
+        std::iter::once(&self.top).chain(self.profiles.values())
+    }
+
+    pub fn decide(&self, who: Option<Who<'_>>, host: &Host, port: u16, scheme: Scheme) -> Decision {
+        self.rules_for(who).decide(host, port, scheme)
+    }
+
+    /// The connection-level decision and the request-level verdict in one: what happens to a
+    /// `method` request for `target` on `host:port` from `who`.
+    pub fn evaluate(
+        &self,
+        who: Option<Who<'_>>,
+        host: &Host,
+        port: u16,
+        scheme: Scheme,
+        method: &str,
+        target: &str,
+    ) -> (Decision, RequestVerdict) {
+        let d = self.decide(who, host, port, scheme);
+        let v = if d.rung == Rung::Bump {
+            d.request(method, target)
+        } else {
+            RequestVerdict::Allow
+        };
+        (d, v)
+    }
+
+    /// True when some destination of some rule set could be bumped.
+    pub fn has_bump(&self) -> bool {
+        self.rule_sets().any(RuleSet::has_bump)
+    }
+
+    /// The finite set of bump host patterns over every rule set, or `None` when one of them
+    /// bumps open-endedly.
+    pub fn enumerable_bump_patterns(&self) -> Option<Vec<&HostPattern>> {
+        let mut all = Vec::new();
+        for set in self.rule_sets() {
+            for p in set.enumerable_bump_patterns()? {
+                if !all.contains(&p) {
+                    all.push(p);
+                }
+            }
         }
+        Some(all)
     }
 
-    #[test]
-    fn exact_names() {
-        let p = policy();
-        let yes = |h: &str| p.names_exactly(&Host::parse(h).unwrap());
-        assert!(yes("api.openai.com"));
-        assert!(yes("files.pypi.org"));
-        assert!(!yes("x.pypi.org"));
-        assert!(!yes("93.184.216.34"));
-        assert!(!yes("other.example"));
+    /// [`RuleSet::same_rule_for`] in `who`'s rules.
+    pub fn same_rule_for(
+        &self,
+        who: Option<Who<'_>>,
+        raw: &str,
+        port: u16,
+        decision: &Decision,
+    ) -> Result<Host, OtherRule> {
+        self.rules_for(who).same_rule_for(raw, port, decision)
     }
 
-    #[test]
-    fn name_rule_does_not_match_its_address() {
-        let p = Policy::new(
-            vec![rule("n", "localhost", None, Rung::Passthrough)],
-            Rung::Deny,
-        );
-        let d = p.decide(&Host::parse("127.0.0.1").unwrap(), 443, Scheme::Connect);
-        assert_eq!(d.rung, Rung::Deny);
-    }
-
-    #[test]
-    fn patterns_parse_and_refuse() {
-        assert_eq!(
-            HostPattern::parse("*.Example.COM.").unwrap(),
-            HostPattern::Subdomains("example.com".into())
-        );
-        assert!(HostPattern::parse("*").is_err());
-        assert!(HostPattern::parse("a.*.com").is_err());
-        assert!(HostPattern::parse("*.10.0.0.1").is_err());
-        assert_eq!(
-            HostPattern::parse("[::1]").unwrap(),
-            HostPattern::Ip("::1".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn enumerable_bump_hosts() {
-        let p = policy();
-        let hosts: Vec<String> = p
-            .enumerable_bump_patterns()
-            .unwrap()
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
-        assert_eq!(hosts, vec!["api.openai.com"]);
-        let open = Policy::new(vec![], Rung::Bump);
-        assert!(open.enumerable_bump_patterns().is_none());
+    /// Every rule of every rule set.
+    pub fn all_rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.rule_sets().flat_map(|s| s.rules.iter())
     }
 }

@@ -32,7 +32,7 @@ use crate::body::{Body, full};
 use crate::context::{ReqCtx, Target};
 use crate::net::host::Host;
 use crate::observe::access_log::{Outcome, Unit};
-use crate::policy::Rung;
+use crate::policy::{Decision, Denied, RequestVerdict, Rung};
 use crate::refusal::{self, Kind, Refusal};
 use bump::Bumper;
 use hyper_util::rt::TokioIo;
@@ -52,17 +52,63 @@ pub fn admit(ctx: &mut ReqCtx, target: &Target) -> Result<Host, Refusal> {
     if ctx.shared().kill.is_enabled() {
         return Err(ctx.refusal(Kind::KillSwitch));
     }
-    let decision = ctx
-        .snap
-        .config
-        .policy
-        .decide(&host, target.port, target.via.scheme());
+    if let Some(r) = ctx.killed() {
+        return Err(r);
+    }
+    if ctx.sandbox.is_none() && ctx.snap.config.proxy.require_sandbox {
+        return Err(ctx.refusal(Kind::SandboxRequired));
+    }
+    let decision =
+        ctx.snap
+            .config
+            .policy
+            .decide(ctx.who(), &host, target.port, target.via.scheme());
     let deny = decision.rung == Rung::Deny;
+    let would_deny = decision.would_deny;
+    let rule = decision.rule_id.clone();
     ctx.admitted(&host, decision);
     if deny {
         return Err(ctx.refusal(Kind::DestinationDenied));
     }
+    if would_deny {
+        report(ctx, Denied::Destination.as_str(), &rule);
+    }
     Ok(host)
+}
+
+/// Judges one request the proxy can read (bumped, or plain HTTP) by its rule's methods, paths
+/// and deny entries. Report mode records `would_deny` on the unit, counts it and lets the
+/// request through.
+pub fn judge_request(
+    ctx: &mut ReqCtx,
+    decision: &Decision,
+    method: &http::Method,
+    uri: &http::Uri,
+) -> Result<(), Refusal> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    match decision.request(method.as_str(), target) {
+        RequestVerdict::Allow => Ok(()),
+        RequestVerdict::Deny(d) => {
+            let kind = match d.what {
+                Denied::Method => Kind::MethodDenied,
+                Denied::Path | Denied::Destination => Kind::PathDenied,
+            };
+            Err(ctx.refusal(kind).with_cause(d.detail))
+        }
+        RequestVerdict::WouldDeny(d) => {
+            report(ctx, d.what.as_str(), &decision.rule_id);
+            Ok(())
+        }
+    }
+}
+
+/// Records a report-mode would-deny on the unit and counts it.
+fn report(ctx: &mut ReqCtx, code: &'static str, rule: &str) {
+    ctx.ev().would_deny = Some(code);
+    let label = ctx.sandbox_label().map(str::to_owned);
+    ctx.shared()
+        .metrics
+        .would_deny(label.as_deref(), code, rule);
 }
 
 /// The rungs that carry tunnels, built once at startup.

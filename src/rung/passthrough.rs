@@ -44,8 +44,12 @@ pub async fn run(
         port,
         mut access,
         kill,
+        sandbox,
         ..
     } = ctx;
+    let who = sandbox
+        .as_deref()
+        .map(crate::state::sandboxes::Sandbox::who);
     let shared = &conn.shared;
     let first = match opening {
         Opening::Opaque => buffered,
@@ -55,8 +59,10 @@ pub async fn run(
         }
         Opening::ReadHello => {
             let mut reader = Prefixed::new(buffered, &mut guest);
-            let read =
-                sni::read_client_hello(&mut reader, snap.config.proxy.handshake_timeout).await;
+            let read = tokio::select! {
+                r = sni::read_client_hello(&mut reader, snap.config.proxy.handshake_timeout) => r,
+                end = kill.fired() => return access.finish(end.into()),
+            };
             let unread = reader.into_unread();
             let hello = match read {
                 Ok(h) => h,
@@ -70,7 +76,9 @@ pub async fn run(
                 }
             };
             access.ev.sni = hello.server_name.clone();
-            if let Err(cause) = sni::check(&snap, hello.server_name.as_deref(), port, &decision) {
+            if let Err(cause) =
+                sni::check(&snap, who, hello.server_name.as_deref(), port, &decision)
+            {
                 let _ = guest.write_all(&sni::ALERT_ACCESS_DENIED).await;
                 let _ = guest.shutdown().await;
                 shared.metrics.refusal(Kind::SniMismatch);

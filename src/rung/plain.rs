@@ -34,14 +34,12 @@ pub async fn relay(mut ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Respo
         ctx.host(),
         ctx.port,
         ctx.rule_id(),
+        ctx.sandbox.as_deref().map(|s| &*s.id),
     ) {
         return ctx.refuse(&r);
     }
     let bumps_credential = ctx.decision.as_ref().is_some_and(|d| {
-        d.rung == Rung::Bump
-            && d.rule
-                .and_then(|i| ctx.snap.config.policy.rule(i))
-                .is_some_and(|r| r.credential.is_some())
+        d.rung == Rung::Bump && d.rule.as_ref().is_some_and(|r| r.credential.is_some())
     });
     if bumps_credential {
         // Credentials are only ever injected into TLS sessions the proxy terminates; a plain
@@ -50,6 +48,12 @@ pub async fn relay(mut ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Respo
             Kind::DestinationDenied,
             "credential destinations are reachable over https only",
         );
+    }
+    if let Some(d) = ctx.decision.clone()
+        && d.rung == Rung::Bump
+        && let Err(r) = super::judge_request(&mut ctx, &d, &parts.method, &parts.uri)
+    {
+        return ctx.refuse(&r);
     }
     hop::strip(&mut parts.headers, false);
     ctx.bind_request_id(&mut parts.headers);

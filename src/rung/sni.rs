@@ -13,13 +13,14 @@ use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::net::host::Host;
-use crate::policy::{Decision, OtherRule};
+use crate::policy::{Decision, OtherRule, Who};
 use crate::state::Snapshot;
 
 /// The SNI must be present and fall under the same rule that allowed the CONNECT host; the
 /// `Err` is the cause shown in the log.
 pub fn check(
     snap: &Snapshot,
+    who: Option<Who<'_>>,
     sni: Option<&str>,
     port: u16,
     decision: &Decision,
@@ -29,7 +30,7 @@ pub fn check(
     };
     snap.config
         .policy
-        .same_rule_for(sni, port, decision)
+        .same_rule_for(who, sni, port, decision)
         .map_err(|e| match e {
             OtherRule::Invalid(e) => format!("invalid SNI: {e}"),
             OtherRule::Rule {

@@ -7,6 +7,7 @@
 
 pub mod answers;
 pub mod reload;
+pub mod sandboxes;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +73,8 @@ pub struct Shared {
     pub answers: answers::GuestAnswers,
     /// Guest connections open at once, over every guest listener (`proxy.max_connections`).
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// The sandboxes guest connections are identified as.
+    pub sandboxes: sandboxes::Registry,
 }
 
 impl Shared {
@@ -80,6 +83,7 @@ impl Shared {
             snapshot.config.proxy.max_connections,
         ));
         Shared {
+            sandboxes: sandboxes::Registry::empty(&snapshot.config),
             slots,
             current: ArcSwap::from_pointee(snapshot),
             kill: KillSwitch::default(),
@@ -89,6 +93,12 @@ impl Shared {
             metrics,
             answers: answers::GuestAnswers::new(ANSWERS_KEPT),
         }
+    }
+
+    /// Uses `registry` (loaded from the config and `state_dir`) for identification.
+    pub fn with_sandboxes(mut self, registry: sandboxes::Registry) -> Shared {
+        self.sandboxes = registry;
+        self
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

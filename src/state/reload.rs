@@ -2,8 +2,8 @@
 //!
 //! Triggered by SIGHUP and by a change of the config file (polled: robust against editors
 //! that replace the file and against Kubernetes ConfigMap symlink swaps). Only what can change
-//! safely while serving is reloaded — destinations, default rung, network, upstream trust and
-//! timeouts. A change to listeners, admin auth, state dir, CA, secret source or log settings is
+//! safely while serving is reloaded — destinations, profiles, sandboxes, default rung, network,
+//! upstream trust and timeouts. A change to listeners, admin auth, state dir, CA, secret source or log settings is
 //! refused with a message saying a restart is needed, and the old policy keeps serving.
 //! Established tunnels keep the snapshot they were decided with; new connections use the new
 //! one. The kill switch lives outside snapshots, so its state survives a reload.
@@ -36,11 +36,13 @@ pub enum ReloadError {
     Coverage(#[from] CoverageError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error("sandboxes: {0}")]
+    Sandboxes(#[from] crate::state::sandboxes::SandboxError),
 }
 
 /// The first section that differs and cannot change while serving.
 fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
-    let changed: [(&'static str, bool); 10] = [
+    let changed: [(&'static str, bool); 11] = [
         ("proxy.listen", old.proxy.listen != new.proxy.listen),
         (
             "proxy.transparent",
@@ -60,6 +62,10 @@ fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
         ("ca", old.ca != new.ca),
         ("secrets", old.secrets != new.secrets),
         ("handles", old.handle_max_ttl != new.handle_max_ttl),
+        (
+            "metrics.sandbox_labels",
+            old.sandbox_metric_labels != new.sandbox_metric_labels,
+        ),
     ];
     changed.into_iter().find(|(_, c)| *c).map(|(k, _)| k)
 }
@@ -80,6 +86,9 @@ impl Reloader {
             ));
         }
         let snapshot = Snapshot::build(Arc::new(new), &self.sources)?;
+        // Sandboxes that left the config are closed; those that stay are judged by their new
+        // profile from their next request on.
+        self.shared.sandboxes.reconcile(&snapshot.config)?;
         self.shared.replace(snapshot);
         Ok(())
     }

@@ -30,6 +30,8 @@ pub enum End {
     IdleTimeout,
     Shutdown,
     KillSwitch,
+    /// The unit's sandbox was removed.
+    SandboxRemoved,
     /// An I/O error on either side (reset, broken pipe).
     Error,
 }
@@ -41,6 +43,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::Shutdown => "shutdown",
             End::KillSwitch => "kill_switch",
+            End::SandboxRemoved => "sandbox_removed",
             End::Error => "io_error",
         }
     }
@@ -55,12 +58,61 @@ pub struct Spliced {
     pub end: End,
 }
 
+/// What ends a unit on the operator's word: the kill switch (taken when the unit started, so
+/// a unit admitted just before the switch cannot outlive it), and the removal of the unit's
+/// sandbox.
+#[derive(Clone, Debug)]
+pub struct Kill {
+    switch: CancellationToken,
+    sandbox: Option<CancellationToken>,
+}
+
+impl Kill {
+    pub fn new(switch: CancellationToken) -> Kill {
+        Kill {
+            switch,
+            sandbox: None,
+        }
+    }
+
+    /// Also ends the unit when `removed` fires.
+    pub fn with_sandbox(mut self, removed: CancellationToken) -> Kill {
+        self.sandbox = Some(removed);
+        self
+    }
+
+    /// Resolves when either signal fires, saying which.
+    pub async fn fired(&self) -> End {
+        match &self.sandbox {
+            None => {
+                self.switch.cancelled().await;
+                End::KillSwitch
+            }
+            Some(removed) => tokio::select! {
+                () = self.switch.cancelled() => End::KillSwitch,
+                () = removed.cancelled() => End::SandboxRemoved,
+            },
+        }
+    }
+
+    /// Which signal has fired, if any.
+    pub fn state(&self) -> Option<End> {
+        if self.switch.is_cancelled() {
+            Some(End::KillSwitch)
+        } else if self.sandbox.as_ref().is_some_and(|s| s.is_cancelled()) {
+            Some(End::SandboxRemoved)
+        } else {
+            None
+        }
+    }
+}
+
 /// Stop signals a tunnel obeys.
 #[derive(Clone, Debug)]
 pub struct Stops {
     pub idle: Duration,
     pub shutdown: CancellationToken,
-    pub kill: CancellationToken,
+    pub kill: Kill,
 }
 
 /// What both directions of one tunnel share: byte counts, the last time bytes moved, and
@@ -110,7 +162,7 @@ impl Meter {
             end = both => end,
             () = idle_watch(&self.last, stops.idle, self.start) => End::IdleTimeout,
             () = stops.shutdown.cancelled() => End::Shutdown,
-            () = stops.kill.cancelled() => End::KillSwitch,
+            end = stops.kill.fired() => end,
         };
         Spliced {
             up: self.up.load(Ordering::Relaxed),

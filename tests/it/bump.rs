@@ -322,7 +322,7 @@ async fn declined_upgrade_is_counted_once() {
     let (status, _, _) = read_response(&mut tls).await;
     assert_eq!(status, 200, "the upstream declined the upgrade");
     env.proxy
-        .wait_metric("egress_edge_requests_total{rung=\"bump\",outcome=\"ok\",rule=\"destinations[0]\",status=\"2xx\"} 1")
+        .wait_metric("egress_edge_requests_total{rung=\"bump\",outcome=\"ok\",rule=\"destinations[0]\",status=\"2xx\",sandbox=\"none\"} 1")
         .await;
 }
 

@@ -23,7 +23,7 @@ async fn curl_tunnels_to_allowed_host() {
     assert_eq!(out, "hello");
     assert_eq!(seen.handshakes.load(std::sync::atomic::Ordering::SeqCst), 1);
     proxy
-        .wait_metric("egress_edge_connections_total{rung=\"passthrough\",outcome=\"ok\",rule=\"destinations[0]\"} 1")
+        .wait_metric("egress_edge_connections_total{rung=\"passthrough\",outcome=\"ok\",rule=\"destinations[0]\",sandbox=\"none\"} 1")
         .await;
 }
 

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("classify", egress_edge::fuzzing::classify),
     ("client_hello", egress_edge::fuzzing::client_hello),
     ("config", egress_edge::fuzzing::config),
+    ("policy_path", egress_edge::fuzzing::policy_path),
     ("dns", egress_edge::fuzzing::dns),
     ("handle_token", egress_handle::fuzzing::token),
     ("handle_detect", egress_handle::fuzzing::detect),
@@ -162,6 +163,28 @@ fn write_seeds() {
         "bad-key.yaml",
         b"proxy: { listen: 127.0.0.1:3128, nope: 1 }\n",
     );
+
+    // A request target; with a newline, a pattern on the first line and a target after it.
+    for (i, p) in [
+        "/v1/models",
+        "/v1/..;/admin",
+        "/v1/%2e%2e/admin",
+        "/v1/%2E%2e/admin?x=/../..",
+        "//v1//a/./b/../",
+        "/%76%31/%3B",
+        "/v1/%252e%252e/admin",
+        "/v1/%2Fadmin",
+        "/caf%C3%A9/%C0%AE",
+        "/v1/..%3Bx/admin#frag",
+        "/*/*/git-receive-pack\n/org/repo.git/x/../git-receive-pack",
+        "/v1/\n/v1;x/models",
+        "/v1\n/v1x",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("policy_path", &format!("seed-{i}"), p.as_bytes());
+    }
 
     {
         use hickory_proto::op::{Edns, Message, OpCode, Query};

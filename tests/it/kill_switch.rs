@@ -81,7 +81,7 @@ async fn kill_switch_closes_tunnels_and_refuses_new_egress() {
 
     let m = proxy
         .wait_metric(
-            "egress_edge_connections_total{rung=\"passthrough\",outcome=\"kill_switch\",rule=\"destinations[0]\"} 2",
+            "egress_edge_connections_total{rung=\"passthrough\",outcome=\"kill_switch\",rule=\"destinations[0]\",sandbox=\"none\"} 2",
         )
         .await;
     assert!(

@@ -20,5 +20,6 @@ mod layering;
 mod limits;
 mod metrics;
 mod reload;
+mod sandboxes;
 mod sdk;
 mod transparent;

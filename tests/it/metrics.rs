@@ -126,7 +126,7 @@ default_rung: deny
 
     let text = proxy
         .wait_metric(
-            "egress_edge_connections_total{rung=\"passthrough\",outcome=\"ok\",rule=\"destinations[0]\"} 1",
+            "egress_edge_connections_total{rung=\"passthrough\",outcome=\"ok\",rule=\"destinations[0]\",sandbox=\"none\"} 1",
         )
         .await;
     let text = if text.contains("egress_edge_connections_total{rung=\"bump\"") {
@@ -198,7 +198,8 @@ default_rung: deny
             &[
                 ("rung", "deny"),
                 ("outcome", "destination_denied"),
-                ("rule", "default_rung")
+                ("rule", "default_rung"),
+                ("sandbox", "none")
             ]
         ),
         1.0
@@ -210,7 +211,8 @@ default_rung: deny
                 ("rung", "deny"),
                 ("outcome", "destination_denied"),
                 ("rule", "default_rung"),
-                ("status", "4xx")
+                ("status", "4xx"),
+                ("sandbox", "none")
             ]
         ),
         1.0

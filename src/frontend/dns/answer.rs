@@ -78,6 +78,8 @@ pub struct DnsEvent {
     pub verdict: Verdict,
     pub reason: &'static str,
     pub rule: String,
+    /// The sandbox the client's address belongs to, if any.
+    pub sandbox: Option<std::sync::Arc<str>>,
     pub answers: usize,
 }
 
@@ -90,6 +92,7 @@ impl DnsEvent {
             verdict: Verdict::Dropped,
             reason: "",
             rule: String::new(),
+            sandbox: None,
             answers: 0,
         }
     }
@@ -113,6 +116,7 @@ impl DnsEvent {
             rcode = self.verdict.rcode().to_str(),
             reason = self.reason,
             rule = self.rule.as_str(),
+            sandbox = self.sandbox.as_deref().unwrap_or(""),
             answers = self.answers,
             duration_ms = elapsed.as_millis() as u64,
             "dns"
@@ -256,7 +260,18 @@ async fn lookup(shared: &Shared, asked: &Asked, ev: &mut DnsEvent) -> (Verdict, 
         return (Verdict::Refused, Vec::new());
     }
     let snap = shared.snapshot();
-    let policy = &snap.config.policy;
+    // Guests are told only the names their own profile lets through.
+    let sandbox = shared.sandboxes.by_source(ev.client.ip());
+    ev.sandbox = sandbox.as_ref().map(|s| s.id.clone());
+    if sandbox.is_none() && snap.config.proxy.require_sandbox {
+        ev.reason = "no_sandbox";
+        return (Verdict::Refused, Vec::new());
+    }
+    let policy = snap.config.policy.rules_for(
+        sandbox
+            .as_deref()
+            .map(crate::state::sandboxes::Sandbox::who),
+    );
     match policy.resolvable(&asked.host) {
         Ok(d) => ev.rule = d.rule_id.to_string(),
         Err(d) => {

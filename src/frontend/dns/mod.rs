@@ -169,6 +169,7 @@ fn dropped(shared: &Shared, client: SocketAddr, reason: &'static str) {
         verdict: Verdict::Dropped,
         reason,
         rule: String::new(),
+        sandbox: None,
         answers: 0,
     };
     ev.emit(shared, Duration::ZERO);

@@ -32,6 +32,7 @@ use crate::observe::access_log::Outcome;
 use crate::policy::Decision;
 use crate::refusal::Kind;
 use crate::rung::sni;
+use crate::state::sandboxes::Sandbox;
 use crate::upstream::metered::CountedIo;
 use crate::upstream::tunnel::Stops;
 
@@ -143,6 +144,7 @@ impl Bumper {
             port,
             mut access,
             kill,
+            sandbox,
             ..
         } = ctx;
         let shared = conn.shared.clone();
@@ -161,7 +163,13 @@ impl Bumper {
         // Without SNI (IP-literal destinations) the leaf names the CONNECT host itself.
         let leaf_host = match sni_raw.as_deref() {
             None => host.clone(),
-            Some(_) => match sni::check(&snap, sni_raw.as_deref(), port, &decision) {
+            Some(_) => match sni::check(
+                &snap,
+                sandbox.as_deref().map(Sandbox::who),
+                sni_raw.as_deref(),
+                port,
+                &decision,
+            ) {
                 Ok(h) => h,
                 Err(cause) => {
                     // A config with no certificate makes rustls answer with a fatal alert, so
@@ -205,6 +213,7 @@ impl Bumper {
                 kill: kill.clone(),
             },
             injector: self.injector.clone(),
+            sandbox: sandbox.clone(),
         });
         let activity = Arc::new(timing::Activity::default());
         let in_flight = activity.clone();
@@ -265,7 +274,7 @@ impl Bumper {
                 tokio::select! {
                     _ = conn.as_mut() => Outcome::IdleTimeout,
                     () = shared.hard_stop.cancelled() => Outcome::Shutdown,
-                    () = kill.cancelled() => Outcome::KillSwitch,
+                    end = kill.fired() => end.into(),
                 }
             }
             () = shared.draining.cancelled() => {
@@ -273,10 +282,10 @@ impl Bumper {
                 tokio::select! {
                     _ = conn.as_mut() => Outcome::Shutdown,
                     () = shared.hard_stop.cancelled() => Outcome::Shutdown,
-                    () = kill.cancelled() => Outcome::KillSwitch,
+                    end = kill.fired() => end.into(),
                 }
             }
-            () = kill.cancelled() => Outcome::KillSwitch,
+            end = kill.fired() => end.into(),
         };
         shared.metrics.active_tunnels.dec();
         // TLS bytes on the guest side, handshake excluded.

@@ -1,8 +1,13 @@
-//! One request inside a bumped TLS session: host consistency, credentials, re-origination.
+//! One request inside a bumped TLS session: host consistency, request rules, credentials,
+//! re-origination.
 //!
 //! A request whose header section is over `proxy.max_header_bytes` is refused with
-//! `headers_too_large`. The request's Host / `:authority` must fall under the same rule as the
-//! CONNECT host and the SNI; otherwise it is refused with `host_mismatch`. The injector applies
+//! `headers_too_large`. Each request is judged by the policy in force when it arrives: after a
+//! reload, or when the session's sandbox changed profile, the CONNECT host is decided again
+//! (a destination no longer bumped is refused). The request's Host / `:authority` must fall
+//! under the same rule as the CONNECT host and the SNI; otherwise it is refused with
+//! `host_mismatch`. The rule's methods, paths and deny entries then judge the request
+//! (`method_denied`, `path_denied`; in report mode logged as `would_deny` and forwarded). The injector applies
 //! the destination's credential; the request then goes upstream over verified TLS to the
 //! address the dialer vets for that host. WebSocket upgrades are relayed by splicing the two
 //! upgraded streams; any other `Upgrade` (h2c, TLS, a custom protocol) is refused with
@@ -23,17 +28,21 @@ use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflection};
 use crate::credential::{Dest, Injector};
 use crate::net::host::Host;
 use crate::observe::access_log::{AccessEvent, Outcome, Unit, loggable_path};
-use crate::policy::{Decision, OtherRule, Rung};
+use crate::policy::{Decision, OtherRule, Rung, Scheme};
 use crate::refusal::{self, Kind};
 use crate::rung::head;
 use crate::rung::plain::authority;
 use crate::state::Snapshot;
+use crate::state::sandboxes::Sandbox;
 use crate::upstream::hop;
 use crate::upstream::relay::request;
 use crate::upstream::tunnel::{self, Stops};
 
 /// Why an `Upgrade` other than WebSocket is refused.
 const NOT_WEBSOCKET: &str = "only WebSocket upgrades are relayed through a bumped session (`Upgrade: websocket`, nothing else); other protocols would be spliced uninspected";
+
+/// The sandbox and decision a request is judged by.
+type Judged = (Option<Arc<Sandbox>>, Decision);
 
 /// What every request of one bump session shares.
 #[derive(Debug)]
@@ -45,6 +54,8 @@ pub struct Session {
     pub decision: Decision,
     pub stops: Stops,
     pub injector: Arc<Injector>,
+    /// The sandbox the session was identified as.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
 impl Session {
@@ -60,14 +71,53 @@ impl Session {
         ev.request_id = Some(new_request_id());
         ev.rung = Some(Rung::Bump);
         ev.rule = Some(self.decision.rule_id.to_string());
+        ev.sandbox = self
+            .sandbox
+            .as_ref()
+            .map(|s| (s.id.clone(), s.label.clone()));
         ReqCtx {
             conn: self.conn.clone(),
-            snap: self.snap.clone(),
+            snap: self.conn.shared.snapshot(),
             port: self.port,
             decision: Some(self.decision.clone()),
             access: Access::new(self.conn.shared.clone(), ev, start),
+            sandbox: self.sandbox.clone(),
             kill: self.stops.kill.clone(),
         }
+    }
+
+    /// The sandbox and decision a request arriving now is judged by: the session's while
+    /// neither the policy nor the sandbox changed, else the CONNECT host decided afresh.
+    fn current(&self, snap: &Snapshot) -> Result<Judged, (Kind, String)> {
+        let sandbox = match &self.sandbox {
+            None => None,
+            Some(s) => match self.conn.shared.sandboxes.get(&s.id) {
+                Some(now) => Some(now),
+                None => return Err((Kind::SandboxRemoved, String::new())),
+            },
+        };
+        let same_sandbox = match (&sandbox, &self.sandbox) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => true,
+        };
+        if same_sandbox && std::ptr::eq(snap, &*self.snap) {
+            return Ok((sandbox, self.decision.clone()));
+        }
+        let who = sandbox.as_deref().map(Sandbox::who);
+        let d = snap
+            .config
+            .policy
+            .decide(who, &self.connect_host, self.port, Scheme::Connect);
+        if d.rung != Rung::Bump {
+            return Err((
+                Kind::DestinationDenied,
+                format!(
+                    "the policy changed: {} is now `{}` by rule `{}`",
+                    self.connect_host, d.rung, d.rule_id
+                ),
+            ));
+        }
+        Ok((sandbox, d))
     }
 }
 
@@ -80,7 +130,15 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     if hop::upgrade_token(req.headers()).is_some() && !hop::is_websocket_upgrade(req.headers()) {
         return Ok(ctx.deny(Kind::BadRequest, NOT_WEBSOCKET));
     }
-    let host = match request_host(&req, &s) {
+    let (sandbox, decision) = match s.current(&ctx.snap) {
+        Ok(x) => x,
+        Err((kind, cause)) => return Ok(ctx.deny(kind, cause)),
+    };
+    if decision.rule_id != s.decision.rule_id {
+        ctx.ev().rule = Some(decision.rule_id.to_string());
+    }
+    let who = sandbox.as_deref().map(Sandbox::who);
+    let host = match request_host(&req, &ctx.snap, who, s.port, &decision) {
         Ok(h) => h,
         Err(cause) => return Ok(ctx.deny(Kind::HostMismatch, cause)),
     };
@@ -89,16 +147,24 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
         let r = ctx.refusal(Kind::KillSwitch);
         return Ok(ctx.refuse(&r));
     }
+    if let Some(r) = ctx.killed() {
+        return Ok(ctx.refuse(&r));
+    }
+    if let Err(r) = crate::rung::judge_request(&mut ctx, &decision, req.method(), req.uri()) {
+        return Ok(ctx.refuse(&r));
+    }
     let mut req = req;
     let upgrade = hop::upgrade_token(req.headers());
     let guest_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let snap = ctx.snap.clone();
     let dest = Dest {
-        snap: &s.snap,
+        snap: &snap,
         host: &host,
         port: s.port,
-        rule: s.decision.rule.and_then(|i| s.snap.config.policy.rule(i)),
-        rule_id: &s.decision.rule_id,
+        rule: decision.rule.as_deref(),
+        rule_id: &decision.rule_id,
+        sandbox: sandbox.as_deref().map(|s| &*s.id),
     };
     let injected = match s
         .injector
@@ -142,6 +208,7 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
         let body = crate::body::boxed(body);
         return Ok(upgrade_relay(
             &s,
+            &snap,
             ctx,
             Request::from_parts(parts, body),
             guest_upgrade,
@@ -149,7 +216,7 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
         )
         .await);
     }
-    let Some(client) = injected.client.or_else(|| s.snap.tls.clone()) else {
+    let Some(client) = injected.client.or_else(|| snap.tls.clone()) else {
         return Ok(ctx.deny(Kind::UpstreamTls, "no upstream TLS client configured"));
     };
     Ok(crate::rung::relay(
@@ -163,7 +230,13 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
 
 /// The request's own host (`:authority` for HTTP/2, `Host` for HTTP/1.1), which must be
 /// covered by the session's rule and name the session's port.
-fn request_host(req: &Request<Incoming>, s: &Session) -> Result<Host, String> {
+fn request_host(
+    req: &Request<Incoming>,
+    snap: &Snapshot,
+    who: Option<crate::policy::Who<'_>>,
+    port: u16,
+    decision: &Decision,
+) -> Result<Host, String> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str().to_owned(),
         None => req
@@ -177,17 +250,15 @@ fn request_host(req: &Request<Incoming>, s: &Session) -> Result<Host, String> {
         .parse()
         .map_err(|_| format!("`{raw}` is not a valid authority"))?;
     if let Some(p) = authority.port_u16()
-        && p != s.port
+        && p != port
     {
         return Err(format!(
-            "{raw} names port {p}, the session is for port {}",
-            s.port
+            "{raw} names port {p}, the session is for port {port}"
         ));
     }
-    s.snap
-        .config
+    snap.config
         .policy
-        .same_rule_for(authority.host(), s.port, &s.decision)
+        .same_rule_for(who, authority.host(), port, decision)
         .map_err(|e| match e {
             OtherRule::Invalid(e) => e.to_string(),
             other => other.to_string(),
@@ -196,15 +267,16 @@ fn request_host(req: &Request<Incoming>, s: &Session) -> Result<Host, String> {
 
 async fn upgrade_relay(
     s: &Session,
+    snap: &Snapshot,
     mut ctx: ReqCtx,
     req: Request<Body>,
     guest_upgrade: hyper::upgrade::OnUpgrade,
     reflection: Option<Reflection>,
 ) -> Response<Body> {
-    let Some(client) = s.snap.tls_h1.clone() else {
+    let Some(client) = snap.tls_h1.clone() else {
         return ctx.deny(Kind::UpstreamTls, "no upstream TLS client");
     };
-    let timeout = s.snap.config.upstream.response_header_timeout;
+    let timeout = snap.config.upstream.response_header_timeout;
     let mut resp = match request(&client, req, timeout).await {
         Ok(r) => r,
         Err(crate::upstream::relay::SendError::Timeout(_)) => {
