@@ -23,3 +23,4 @@ mod reload;
 mod sandboxes;
 mod sdk;
 mod transparent;
+mod transparent_sandboxes;
