@@ -165,10 +165,12 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             // would fail at `run`.
             egress_edge::app::check_files(&c)?;
             println!(
-                "{}: ok ({} destinations, default rung {})",
+                "{}: ok ({} destinations, default rung {}; {} profiles, {} sandboxes)",
                 config.display(),
                 c.destinations.len(),
-                c.default_rung
+                c.default_rung,
+                c.profiles.len(),
+                c.sandboxes.len()
             );
             Ok(())
         }

@@ -67,6 +67,9 @@ pub fn check_files(config: &Config) -> Result<(), AppError> {
     if let Some(SecretsConfig::File { path, .. }) = &config.secrets {
         egress_sds::file::load_secrets_file(path)?;
     }
+    // Token files, and the sandboxes registered over the admin API against this config's
+    // profiles.
+    crate::state::sandboxes::Registry::load(config)?;
     Ok(())
 }
 

@@ -233,3 +233,32 @@ async fn handle_cli_over_a_unix_socket_admin() {
         String::from_utf8_lossy(&minted.stderr)
     );
 }
+
+/// Every example config in `config/` validates (from a fresh working directory, so a state
+/// dir left by an earlier run cannot decide the answer).
+#[test]
+fn example_configs_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(root.join("config"), cwd.path().join("config")).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("config")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || name.starts_with("secrets") {
+            continue;
+        }
+        let out = bin()
+            .current_dir(cwd.path())
+            .args(["check-config", "--config", &format!("config/{name}")])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} example configs found");
+}
