@@ -229,6 +229,18 @@ impl Injector {
             return Ok(Injected::default());
         };
         let secret_name = credential.secret_name();
+        // Every audit event of this request names the same sandbox, credential and destination.
+        let say = |id: Option<&str>, session: Option<&str>, outcome: &str, handle: &str| {
+            audit(
+                dest.sandbox,
+                id,
+                session,
+                secret_name,
+                &shown,
+                outcome,
+                handle,
+            );
+        };
         if parts.method == http::Method::TRACE {
             // TRACE echoes the request, credential included, back to the guest.
             return Err(dest.refusal(
@@ -238,15 +250,7 @@ impl Injector {
         }
         if let Some(bad) = found.iter().find(|f| !f.candidate.is_well_formed()) {
             let defect = bad.candidate.defect().map_or("malformed", |d| d.describe());
-            audit(
-                dest.sandbox,
-                None,
-                None,
-                secret_name,
-                &shown,
-                "handle_invalid",
-                &bad.candidate.redacted(),
-            );
+            say(None, None, "handle_invalid", &bad.candidate.redacted());
             metrics.handle("handle_invalid");
             return Err(dest.refusal(
                 Kind::HandleInvalid,
@@ -294,15 +298,7 @@ impl Injector {
         let claims = match self.verify(&token) {
             Ok(c) => c,
             Err(e) => {
-                audit(
-                    dest.sandbox,
-                    None,
-                    None,
-                    secret_name,
-                    &shown,
-                    e.code(),
-                    &redacted,
-                );
+                say(None, None, e.code(), &redacted);
                 metrics.handle(e.code());
                 return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle {redacted}")));
             }
@@ -311,12 +307,9 @@ impl Injector {
         if let Some(bound) = claims.sandbox()
             && dest.sandbox != Some(bound)
         {
-            audit(
-                dest.sandbox,
+            say(
                 Some(&id),
                 claims.session(),
-                secret_name,
-                &shown,
                 "handle_wrong_sandbox",
                 &redacted,
             );
@@ -337,15 +330,7 @@ impl Injector {
             .map(str::to_owned)
             .unwrap_or_else(|| shown.clone());
         if let Err(e) = claims.authorize(secret_name, &host_only, &method, &path) {
-            audit(
-                dest.sandbox,
-                Some(&id),
-                claims.session(),
-                secret_name,
-                &shown,
-                e.code(),
-                &redacted,
-            );
+            say(Some(&id), claims.session(), e.code(), &redacted);
             metrics.handle(e.code());
             return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle id {id}")));
         }
@@ -355,15 +340,7 @@ impl Injector {
         } else {
             "credential_unavailable"
         };
-        audit(
-            dest.sandbox,
-            Some(&id),
-            claims.session(),
-            secret_name,
-            &shown,
-            label,
-            &redacted,
-        );
+        say(Some(&id), claims.session(), label, &redacted);
         metrics.handle(label);
         outcome.map_err(|e| dest.refusal(Kind::CredentialUnavailable, &e.to_string()))
     }

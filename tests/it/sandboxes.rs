@@ -145,6 +145,18 @@ impl Env {
         Curl { code, out, err }
     }
 
+    /// Registers `sbx-9` (profile ci, 127.0.0.4) over the admin API.
+    async fn register_sbx9(&self) {
+        let (status, body) = self
+            .proxy
+            .post(
+                "/v1/sandboxes",
+                r#"{"id":"sbx-9","profile":"ci","sources":["127.0.0.4/32"]}"#,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
     fn upstream_paths(&self) -> Vec<String> {
         self.seen
             .requests
@@ -485,14 +497,7 @@ default_rung: deny
 #[tokio::test]
 async fn removing_a_sandbox_closes_its_tunnels_and_sessions_within_a_second() {
     let env = env().await;
-    let (status, body) = env
-        .proxy
-        .post(
-            "/v1/sandboxes",
-            r#"{"id":"sbx-9","profile":"ci","sources":["127.0.0.4/32"]}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    env.register_sbx9().await;
     let handle = env
         .proxy
         .mint(r#"{"credentials":["openai-key"],"sandbox":"sbx-9"}"#)
@@ -566,14 +571,7 @@ async fn removing_a_sandbox_closes_its_tunnels_and_sessions_within_a_second() {
         Some("destination_denied")
     );
     // Registered again under the same id, the old handle stays dead.
-    let (status, body) = env
-        .proxy
-        .post(
-            "/v1/sandboxes",
-            r#"{"id":"sbx-9","profile":"ci","sources":["127.0.0.4/32"]}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    env.register_sbx9().await;
     let r = env
         .curl(
             "127.0.0.4",
@@ -594,14 +592,7 @@ async fn removing_a_sandbox_closes_its_tunnels_and_sessions_within_a_second() {
 #[tokio::test]
 async fn registrations_survive_a_restart() {
     let env = env().await;
-    let (status, body) = env
-        .proxy
-        .post(
-            "/v1/sandboxes",
-            r#"{"id":"sbx-9","profile":"ci","sources":["127.0.0.4/32"]}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    env.register_sbx9().await;
     let (status, body) = env
         .proxy
         .post(
