@@ -7,8 +7,11 @@ mod certs;
 mod client;
 mod dns;
 mod phases;
+mod policy;
 mod proxy;
+mod sandboxes;
 mod stats;
+mod tenants;
 mod upstream;
 
 use std::future::Future;
@@ -27,7 +30,8 @@ const USAGE: &str = "\
 egress-bench: egress-edge (tunnel and bump) vs direct, in-process on loopback
 
 usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns N]
-                    [--new-conns N] [--mints N] [--verifies N] [--only LIST]
+                    [--new-conns N] [--mints N] [--verifies N] [--sandboxes N]
+                    [--policy-calls N] [--only LIST]
 
   --quick          1 s phases in 1 round, 200 ms warm-up
   --secs S         measured seconds per phase (default 4)        env EGRESS_BENCH_SECS
@@ -39,12 +43,17 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
   --new-conns N    new-connection workers (default 8)            env EGRESS_BENCH_NEW_CONNS
   --mints N        cold leaf mints (default 2000)                env EGRESS_BENCH_MINTS
   --verifies N     handle verify+authorize calls (default 20000) env EGRESS_BENCH_VERIFIES
+  --sandboxes N    sandboxes (50 rules each) in the policy and sandboxes sections
+                   (default 1000)                                env EGRESS_BENCH_SANDBOXES
+  --policy-calls N calls per policy decision row (default 200000)
+                                                                 env EGRESS_BENCH_POLICY_CALLS
   --only LIST      comma-separated subset of:
-                   keepalive,h2,inject,newconn,latency,throughput,mint,verify,dns
+                   keepalive,h2,inject,newconn,latency,throughput,mint,verify,dns,
+                   policy,sandboxes
                                                                  env EGRESS_BENCH_ONLY
 ";
 
-const PHASES: [&str; 9] = [
+const PHASES: [&str; 11] = [
     "keepalive",
     "h2",
     "inject",
@@ -54,6 +63,8 @@ const PHASES: [&str; 9] = [
     "mint",
     "verify",
     "dns",
+    "policy",
+    "sandboxes",
 ];
 
 #[derive(Debug)]
@@ -65,6 +76,8 @@ struct Args {
     new_conns: usize,
     mints: usize,
     verifies: usize,
+    sandboxes: usize,
+    policy_calls: usize,
     only: Option<Vec<String>>,
 }
 
@@ -116,6 +129,8 @@ fn parse_args() -> Result<Option<Args>> {
         new_conns: 8,
         mints: 2000,
         verifies: 20_000,
+        sandboxes: 1000,
+        policy_calls: 200_000,
         only: None,
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
@@ -141,6 +156,12 @@ fn parse_args() -> Result<Option<Args>> {
     }
     if let Some(v) = env("EGRESS_BENCH_VERIFIES") {
         a.verifies = parse_num("EGRESS_BENCH_VERIFIES", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_SANDBOXES") {
+        a.sandboxes = parse_num("EGRESS_BENCH_SANDBOXES", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_POLICY_CALLS") {
+        a.policy_calls = parse_num("EGRESS_BENCH_POLICY_CALLS", &v)?;
     }
     if let Some(v) = env("EGRESS_BENCH_ONLY") {
         a.only = Some(parse_only(&v)?);
@@ -170,6 +191,8 @@ fn parse_args() -> Result<Option<Args>> {
             "--new-conns" => a.new_conns = parse_num("--new-conns", &value()?)?,
             "--mints" => a.mints = parse_num("--mints", &value()?)?,
             "--verifies" => a.verifies = parse_num("--verifies", &value()?)?,
+            "--sandboxes" => a.sandboxes = parse_num("--sandboxes", &value()?)?,
+            "--policy-calls" => a.policy_calls = parse_num("--policy-calls", &value()?)?,
             "--only" => a.only = Some(parse_only(&value()?)?),
             other => bail!("unknown argument `{other}`\n\n{USAGE}"),
         }
@@ -179,6 +202,9 @@ fn parse_args() -> Result<Option<Args>> {
     }
     if a.conns == 0 || a.new_conns == 0 || a.rounds == 0 {
         bail!("--conns, --new-conns and --rounds must be at least 1");
+    }
+    if !(2..=100_000).contains(&a.sandboxes) {
+        bail!("--sandboxes must be in [2, 100000]");
     }
     Ok(Some(a))
 }
@@ -819,11 +845,38 @@ async fn run() -> Result<bool> {
         dns::section(&mut report, args.rounds, t, &scratch.0.join("dns-state")).await;
     }
 
+    if args.wants("policy") && args.policy_calls > 0 {
+        policy::section(
+            &mut report,
+            args.sandboxes,
+            args.policy_calls,
+            args.rounds,
+            scratch.0.join("policy-state"),
+        )
+        .await;
+    }
+
+    if args.wants("sandboxes") {
+        let setup = sandboxes::Setup {
+            sandboxes: args.sandboxes,
+            conns: args.conns,
+            rounds: args.rounds,
+            timing: t,
+            dir: &scratch.0,
+            upstream,
+            upstream_ca: &upstream_ca_path,
+            direct: &direct,
+            bump: &bump,
+        };
+        sandboxes::section(&mut report, &setup).await;
+    }
+
     proxy.shutdown().await;
     report.print();
     println!();
     println!(
-        "ratios are against the direct row (bump+inject: also the bump row) of the same section, same run; \
+        "ratios are against the direct row (bump+inject: also the bump row; policy and sandboxes: \
+         the 1-sandbox row) of the same section, same run; \
          total {:.0} s; load average now {}",
         began.elapsed().as_secs_f64(),
         loadavg()

@@ -35,7 +35,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 /// A YAML double-quoted scalar for a path.
-fn yaml_path(p: &Path) -> String {
+pub fn yaml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
@@ -102,8 +102,16 @@ impl Proxy {
     ) -> Result<Proxy> {
         write_private(secrets_file, &secrets_yaml())?;
         let yaml = config_yaml(&state_dir, secrets_file, upstream_ca, upstream_port);
-        let config = egress_edge::config::parse_str(&yaml, "bench")
-            .with_context(|| format!("parsing the bench config:\n{yaml}"))?;
+        Proxy::start_yaml(&yaml, &state_dir, "bench").await
+    }
+
+    /// Builds and starts a proxy from config text whose `state_dir` is `state_dir`; `what`
+    /// names it in errors.
+    pub async fn start_yaml(yaml: &str, state_dir: &Path, what: &str) -> Result<Proxy> {
+        let config = egress_edge::config::parse_str(yaml, what).with_context(|| {
+            let head: String = yaml.chars().take(4000).collect();
+            format!("parsing the {what} config:\n{head}")
+        })?;
         let proxy = TcpListener::bind("127.0.0.1:0").await?;
         let admin = TcpListener::bind("127.0.0.1:0").await?;
         let listeners = Listeners::new(proxy, Some(AdminListener::Tcp(admin)));
