@@ -5,7 +5,7 @@
 //! | stage | module | does |
 //! | --- | --- | --- |
 //! | frontend | [`frontend`] | accepts guest connections (explicit and transparent listeners, guest resolver); CONNECT, absolute-form, SNI and Host become a typed target |
-//! | policy | [`policy`] | pure decision: rung + rule for (host, port, scheme) |
+//! | policy | [`policy`] | pure decision: rung + rule for (sandbox, host, port, scheme), then each request's method and path |
 //! | dial | [`net`] | resolve, vet every address against the deny set, connect to the vetted one |
 //! | rung | [`rung`] | pass-through (SNI check, splice) or bump (guest TLS terminated) |
 //! | credential | [`credential`] | handles swapped for credentials, OAuth2, mTLS client certificates |
@@ -31,7 +31,7 @@ pub mod jail;
 pub mod net;
 pub mod observe;
 mod pem;
-mod policy;
+pub mod policy;
 mod refusal;
 mod rung;
 pub mod state;

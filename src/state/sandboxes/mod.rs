@@ -276,8 +276,11 @@ impl Registry {
 
     /// The sandbox whose sources contain `peer`.
     pub fn by_source(&self, peer: IpAddr) -> Option<Arc<Sandbox>> {
+        Self::lookup_source(&self.index.load(), peer)
+    }
+
+    fn lookup_source(ix: &Index, peer: IpAddr) -> Option<Arc<Sandbox>> {
         let peer = peer.to_canonical();
-        let ix = self.index.load();
         if let Some(s) = ix.hosts.get(&peer) {
             return Some(s.clone());
         }
@@ -317,8 +320,8 @@ impl Registry {
         proxy_auth: Option<&HeaderValue>,
         required: bool,
     ) -> Result<Option<Arc<Sandbox>>, AuthError> {
-        let by_source = self.by_source(peer);
         let ix = self.index.load();
+        let by_source = Self::lookup_source(&ix, peer);
         let Some(value) = proxy_auth.filter(|_| !ix.tokens.is_empty()) else {
             return match by_source {
                 None if required => Err(AuthError::Missing),
