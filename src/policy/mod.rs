@@ -18,7 +18,7 @@
 //! specific host pattern wins (exact name or address, then the longest `*.suffix`); ties go to
 //! the rule written first. Nothing matching means `default_rung`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -163,6 +163,11 @@ pub const DEFAULT_RULE_ID: &str = "default_rung";
 #[derive(Clone, Debug)]
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
+    /// Indexes of the rules with an exact name or address, by host, in written order: an exact
+    /// pattern beats every wildcard, so a host found here needs no scan.
+    exact: HashMap<Host, Vec<usize>>,
+    /// Indexes of the `*.suffix` rules, in written order.
+    wildcards: Vec<usize>,
     default_rung: Rung,
     default_id: Arc<str>,
     mode: Mode,
@@ -170,12 +175,47 @@ pub struct RuleSet {
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>, default_rung: Rung, mode: Mode) -> RuleSet {
+        let mut exact: HashMap<Host, Vec<usize>> = HashMap::new();
+        let mut wildcards = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            match &r.pattern {
+                HostPattern::Exact(n) => exact.entry(Host::Name(n.clone())).or_default().push(i),
+                HostPattern::Ip(ip) => exact.entry(Host::Ip(*ip)).or_default().push(i),
+                HostPattern::Subdomains(_) => wildcards.push(i),
+            }
+        }
         RuleSet {
             rules: rules.into_iter().map(Arc::new).collect(),
+            exact,
+            wildcards,
             default_rung,
             default_id: Arc::from(DEFAULT_RULE_ID),
             mode,
         }
+    }
+
+    /// The index of the rule that decides `host:port`: the first exact rule covering the port,
+    /// else the most specific covering wildcard (the first written among equals).
+    fn matching(&self, host: &Host, port: u16, scheme: Scheme) -> Option<usize> {
+        if let Some(i) = self.exact.get(host).and_then(|ix| {
+            ix.iter()
+                .copied()
+                .find(|&i| self.rules[i].covers_port(port, scheme))
+        }) {
+            return Some(i);
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for &i in &self.wildcards {
+            let rule = &self.rules[i];
+            if !rule.pattern.matches(host) || !rule.covers_port(port, scheme) {
+                continue;
+            }
+            let s = rule.pattern.specificity();
+            if best.is_none_or(|(_, bs)| s > bs) {
+                best = Some((i, s));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     pub fn rules(&self) -> &[Arc<Rule>] {
@@ -191,18 +231,8 @@ impl RuleSet {
     }
 
     pub fn decide(&self, host: &Host, port: u16, scheme: Scheme) -> Decision {
-        let mut best: Option<(usize, usize)> = None;
-        for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.pattern.matches(host) || !rule.covers_port(port, scheme) {
-                continue;
-            }
-            let s = rule.pattern.specificity();
-            if best.is_none_or(|(_, bs)| s > bs) {
-                best = Some((i, s));
-            }
-        }
-        let (rung, rule, rule_id, reason, mode) = match best {
-            Some((i, _)) => {
+        let (rung, rule, rule_id, reason, mode) = match self.matching(host, port, scheme) {
+            Some(i) => {
                 let r = &self.rules[i];
                 let mode = r.mode.unwrap_or(self.mode);
                 (
@@ -327,10 +357,8 @@ impl Policy {
             top,
             profiles,
             nothing: RuleSet {
-                rules: Vec::new(),
-                default_rung: Rung::Deny,
                 default_id: Arc::from("unknown_profile"),
-                mode: Mode::Enforce,
+                ..RuleSet::new(Vec::new(), Rung::Deny, Mode::Enforce)
             },
         }
     }

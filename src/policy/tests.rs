@@ -843,3 +843,22 @@ fn report_mode_resolves_would_deny_names() {
             .is_err()
     );
 }
+
+#[test]
+fn an_exact_rule_off_its_ports_leaves_the_wildcards() {
+    let p = set(
+        vec![
+            rule("wild", "*.corp.example", Some(vec![443]), Rung::Passthrough),
+            rule("admin", "admin.corp.example", Some(vec![8443]), Rung::Deny),
+            rule("admin-too", "admin.corp.example", Some(vec![8443]), Rung::Bump),
+        ],
+        Rung::Deny,
+    );
+    let host = Host::parse("admin.corp.example").unwrap();
+    assert_eq!(&*p.decide(&host, 443, Scheme::Connect).rule_id, "wild");
+    // The first written of equal exact rules wins.
+    assert_eq!(&*p.decide(&host, 8443, Scheme::Connect).rule_id, "admin");
+    let ip = set(vec![rule("ip", "10.0.0.1", None, Rung::Passthrough)], Rung::Deny);
+    let d = ip.decide(&Host::parse("10.0.0.1").unwrap(), 443, Scheme::Connect);
+    assert_eq!(&*d.rule_id, "ip");
+}
