@@ -22,5 +22,6 @@ mod metrics;
 mod reload;
 mod sandboxes;
 mod sdk;
+mod soak;
 mod transparent;
 mod transparent_sandboxes;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# N slowloris connections (a CONNECT head trickled one byte a second, never finished) against
+# a real egress-edge process: every one must be cut at proxy.header_read_timeout, while a
+# normal client (tunnel and bump, a new connection per request) keeps working with 0 failures.
+#   cargo build --release && sudo bench/soak/slowloris.sh [N] [TIMEOUT_S]
+# Defaults: N=2000, TIMEOUT_S=5. Runs in a private network namespace (see lib.sh).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+soak_init slowloris "$@"
+N=${1:-2000}
+TIMEOUT=${2:-5}
+soak_pki up.test bump.test
+cat > "$W/config.yaml" <<CONF
+proxy: { listen: 127.0.0.1:$PPORT, max_connections: $((N + 1000)), header_read_timeout: ${TIMEOUT}s }
+admin: { listen: 127.0.0.1:$APORT }
+log: { level: warn }
+state_dir: $W/state
+upstream: { extra_roots: [$W/pki/ca.pem] }
+network: { allow: [127.0.0.1/32], hosts: { up.test: 127.0.0.1, bump.test: 127.0.0.1 } }
+destinations:
+  - { host: up.test, ports: [$UPORT] }
+  - { host: bump.test, ports: [$UPORT], rung: bump }
+CONF
+soak_start_proxy
+echo "slowloris: N=$N header_read_timeout=${TIMEOUT}s, proxy pid $PID"
+python3 bench/soak/slowloris.py "$PID" "$PPORT" "$APORT" "$UPORT" "$W/state/ca.pem" "$W/pki" "$N" "$TIMEOUT" \
+  || { soak_proxy_log_tail; exit 1; }
