@@ -850,7 +850,12 @@ fn an_exact_rule_off_its_ports_leaves_the_wildcards() {
         vec![
             rule("wild", "*.corp.example", Some(vec![443]), Rung::Passthrough),
             rule("admin", "admin.corp.example", Some(vec![8443]), Rung::Deny),
-            rule("admin-too", "admin.corp.example", Some(vec![8443]), Rung::Bump),
+            rule(
+                "admin-too",
+                "admin.corp.example",
+                Some(vec![8443]),
+                Rung::Bump,
+            ),
         ],
         Rung::Deny,
     );
@@ -858,7 +863,10 @@ fn an_exact_rule_off_its_ports_leaves_the_wildcards() {
     assert_eq!(&*p.decide(&host, 443, Scheme::Connect).rule_id, "wild");
     // The first written of equal exact rules wins.
     assert_eq!(&*p.decide(&host, 8443, Scheme::Connect).rule_id, "admin");
-    let ip = set(vec![rule("ip", "10.0.0.1", None, Rung::Passthrough)], Rung::Deny);
+    let ip = set(
+        vec![rule("ip", "10.0.0.1", None, Rung::Passthrough)],
+        Rung::Deny,
+    );
     let d = ip.decide(&Host::parse("10.0.0.1").unwrap(), 443, Scheme::Connect);
     assert_eq!(&*d.rule_id, "ip");
 }
