@@ -197,6 +197,23 @@ async fn delete(proxy: &Proxy, path: &str) -> (u16, Vec<(String, String)>, Strin
     .await
 }
 
+/// CONNECT from `src` to `host` on the upstream's port, then TLS trusting `roots`.
+async fn tls_from(
+    src: &str,
+    env: &Env,
+    host: &str,
+    roots: rustls::RootCertStore,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let target = format!("{host}:{}", env.up.port());
+    let (status, _, body, raw) = connect_from(src, env.proxy.addr, &target, "").await;
+    assert_eq!(status, 200, "{body}");
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(client_config(roots, &[b"http/1.1"]))
+        .connect(name, raw)
+        .await
+        .unwrap()
+}
+
 fn logs() -> String {
     String::from_utf8_lossy(&capture_logs().lock().unwrap()).to_string()
 }
@@ -504,36 +521,22 @@ async fn removing_a_sandbox_closes_its_tunnels_and_sessions_within_a_second() {
         .await;
     // A pass-through tunnel and a bump session from 127.0.0.4, both open and working.
     let port = env.up.port();
-    let (status, _, body, raw_tunnel) =
-        connect_from("127.0.0.4", env.proxy.addr, &format!("ci.test:{port}"), "").await;
-    assert_eq!(status, 200, "{body}");
-    let name = rustls::pki_types::ServerName::try_from("ci.test").unwrap();
-    let mut tunnel =
-        tokio_rustls::TlsConnector::from(client_config(env._pki.roots(), &[b"http/1.1"]))
-            .connect(name, raw_tunnel)
-            .await
-            .unwrap();
+    let mut tunnel = tls_from("127.0.0.4", &env, "ci.test", env._pki.roots()).await;
     tunnel
         .write_all(b"GET /small HTTP/1.1\r\nHost: ci.test\r\n\r\n")
         .await
         .unwrap();
+    tunnel.flush().await.unwrap();
     let (status, _, body) = read_response(&mut tunnel).await;
     assert_eq!((status, body.as_str()), (200, "hello"));
-    let (status, _, body, raw_bump) =
-        connect_from("127.0.0.4", env.proxy.addr, &format!("api.test:{port}"), "").await;
-    assert_eq!(status, 200, "{body}");
-    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
-    let mut bump =
-        tokio_rustls::TlsConnector::from(client_config(env.proxy.bump_roots(), &[b"http/1.1"]))
-            .connect(name, raw_bump)
-            .await
-            .unwrap();
+    let mut bump = tls_from("127.0.0.4", &env, "api.test", env.proxy.bump_roots()).await;
     bump.write_all(
         format!("GET /v1/models HTTP/1.1\r\nHost: api.test:{port}\r\nAuthorization: Bearer {handle}\r\n\r\n")
             .as_bytes(),
     )
     .await
     .unwrap();
+    bump.flush().await.unwrap();
     let mut buf = vec![0u8; 8192];
     let n = bump.read(&mut buf).await.unwrap();
     // The upstream answers (404: it has no /v1/models); the proxy refused nothing.
@@ -696,17 +699,10 @@ async fn registrations_survive_a_restart() {
 async fn a_reload_judges_the_next_request_of_an_open_session() {
     let env = env().await;
     let port = env.up.port();
-    let (status, _, body, raw_bump) =
-        connect_from("127.0.0.2", env.proxy.addr, &format!("api.test:{port}"), "").await;
-    assert_eq!(status, 200, "{body}");
-    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
-    let mut bump =
-        tokio_rustls::TlsConnector::from(client_config(env.proxy.bump_roots(), &[b"http/1.1"]))
-            .connect(name, raw_bump)
-            .await
-            .unwrap();
+    let mut bump = tls_from("127.0.0.2", &env, "api.test", env.proxy.bump_roots()).await;
     let request = format!("GET /v1/models HTTP/1.1\r\nHost: api.test:{port}\r\n\r\n");
     bump.write_all(request.as_bytes()).await.unwrap();
+    bump.flush().await.unwrap();
     let (status, headers, _) = read_response(&mut bump).await;
     assert_eq!(
         (status, header(&headers, "x-egress-edge-error")),
@@ -731,6 +727,7 @@ async fn a_reload_judges_the_next_request_of_an_open_session() {
         .unwrap();
     // Same TLS session, next request: judged by the new profile.
     bump.write_all(request.as_bytes()).await.unwrap();
+    bump.flush().await.unwrap();
     let (status, headers, body) = read_response(&mut bump).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(header(&headers, "x-egress-edge-error"), Some("path_denied"));
