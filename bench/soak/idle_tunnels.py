@@ -15,7 +15,9 @@ back to 0 (waited for at most 60 s), so it does not count tunnels still being to
 
 usage: idle_tunnels.py PROXY_PID PROXY_PORT UPSTREAM_PORT [N] [WAVES] [ADMIN_PORT]
 """
-import asyncio, os, resource, ssl, sys, time, urllib.request
+import asyncio, sys, time
+
+import soaklib as S
 
 pid, pport, uport = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 N = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
@@ -24,12 +26,7 @@ APORT = int(sys.argv[6]) if len(sys.argv) > 6 else None
 
 
 def active_tunnels():
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{APORT}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("egress_edge_active_tunnels "):
-                return float(line.split()[1])
-    return float("nan")
+    return S.metrics(APORT).get("egress_edge_active_tunnels", float("nan"))
 
 
 async def closed_all():
@@ -42,25 +39,7 @@ async def closed_all():
     return time.monotonic() - t0
 
 
-def rss_mib():
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def client_hello():
-    ctx = ssl.create_default_context()
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="up.test")
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
-
-
-HELLO = client_hello()
+HELLO = S.client_hello("up.test")
 held = []  # upstream-side sockets, kept open and silent
 
 
@@ -87,12 +66,11 @@ async def tunnel(sem):
 
 async def settle():
     await asyncio.sleep(2)
-    return rss_mib()
+    return S.rss_mib(pid)
 
 
 async def main():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    S.raise_nofile()
     server = await asyncio.start_server(upstream, "127.0.0.1", uport, backlog=4096)
     base = await settle()
     print(f"idle baseline: {base:.1f} MiB")

@@ -90,6 +90,25 @@ soak_pki() {
   python3 bench/soak/soaklib.py pki "$W/pki" "$@"
 }
 
+# soak_tunnel_bump_config PROXY_EXTRA [LOG_LEVEL]: writes $W/config.yaml for the scripts that
+# drive a pass-through destination (up.test) and a bumped one (bump.test) on the same upstream,
+# with `, PROXY_EXTRA` appended inside the `proxy:` map (empty for none) and log level warn
+# unless given. Run soak_pki up.test bump.test first.
+soak_tunnel_bump_config() {
+  local extra=${1:+, $1}
+  cat > "$W/config.yaml" <<CONF
+proxy: { listen: 127.0.0.1:$PPORT$extra }
+admin: { listen: 127.0.0.1:$APORT }
+log: { level: ${2:-warn} }
+state_dir: $W/state
+upstream: { extra_roots: [$W/pki/ca.pem] }
+network: { allow: [127.0.0.1/32], hosts: { up.test: 127.0.0.1, bump.test: 127.0.0.1 } }
+destinations:
+  - { host: up.test, ports: [$UPORT] }
+  - { host: bump.test, ports: [$UPORT], rung: bump }
+CONF
+}
+
 # soak_proxy_log_tail: the last warnings and errors of the proxy, for a failed run.
 soak_proxy_log_tail() {
   echo "--- last lines of the proxy log ($W/proxy.log):" >&2

@@ -11,7 +11,7 @@ failure (exit status 1).
 
 usage: overload.py PROXY_PID PROXY_PORT ADMIN_PORT UPSTREAM_PORT SILENT_PORT PKI_DIR M K
 """
-import asyncio, os, ssl, sys, time
+import asyncio, os, sys, time
 
 import soaklib as S
 
@@ -21,17 +21,7 @@ M, K = int(sys.argv[7]), int(sys.argv[8])
 held = []
 
 
-def client_hello():
-    ctx = ssl.create_default_context()
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="up.test")
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
-
-
-HELLO = client_hello()
+HELLO = S.client_hello("up.test")
 
 
 async def silent(reader, writer):

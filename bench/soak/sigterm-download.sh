@@ -12,17 +12,7 @@ K=${1:-8}
 MIB=${2:-64}
 GRACE=${3:-30}
 soak_pki up.test bump.test
-cat > "$W/config.yaml" <<CONF
-proxy: { listen: 127.0.0.1:$PPORT, shutdown_grace: ${GRACE}s }
-admin: { listen: 127.0.0.1:$APORT }
-log: { level: info }
-state_dir: $W/state
-upstream: { extra_roots: [$W/pki/ca.pem] }
-network: { allow: [127.0.0.1/32], hosts: { up.test: 127.0.0.1, bump.test: 127.0.0.1 } }
-destinations:
-  - { host: up.test, ports: [$UPORT] }
-  - { host: bump.test, ports: [$UPORT], rung: bump }
-CONF
+soak_tunnel_bump_config "shutdown_grace: ${GRACE}s" info
 soak_start_proxy
 echo "sigterm-download: $K downloads of $MIB MiB, shutdown_grace ${GRACE}s, proxy pid $PID"
 rc=0

@@ -11,17 +11,7 @@ soak_init slowloris "$@"
 N=${1:-2000}
 TIMEOUT=${2:-5}
 soak_pki up.test bump.test
-cat > "$W/config.yaml" <<CONF
-proxy: { listen: 127.0.0.1:$PPORT, max_connections: $((N + 1000)), header_read_timeout: ${TIMEOUT}s }
-admin: { listen: 127.0.0.1:$APORT }
-log: { level: warn }
-state_dir: $W/state
-upstream: { extra_roots: [$W/pki/ca.pem] }
-network: { allow: [127.0.0.1/32], hosts: { up.test: 127.0.0.1, bump.test: 127.0.0.1 } }
-destinations:
-  - { host: up.test, ports: [$UPORT] }
-  - { host: bump.test, ports: [$UPORT], rung: bump }
-CONF
+soak_tunnel_bump_config "max_connections: $((N + 1000)), header_read_timeout: ${TIMEOUT}s"
 soak_start_proxy
 echo "slowloris: N=$N header_read_timeout=${TIMEOUT}s, proxy pid $PID"
 python3 bench/soak/slowloris.py "$PID" "$PPORT" "$APORT" "$UPORT" "$W/state/ca.pem" "$W/pki" "$N" "$TIMEOUT" \

@@ -55,6 +55,17 @@ def alive(pid):
     return True
 
 
+def client_hello(server_name):
+    """The bytes of a real TLS ClientHello for `server_name`, made without a connection."""
+    ctx = ssl.create_default_context()
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=server_name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
 # ---- admin API ---------------------------------------------------------------------------
 
 def admin_get(aport, path, timeout=5):

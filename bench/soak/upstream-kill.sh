@@ -13,17 +13,7 @@ soak_init upstream-kill "$@"
 OUTAGE=${1:-5}
 WORKERS=${2:-3}
 soak_pki up.test bump.test
-cat > "$W/config.yaml" <<CONF
-proxy: { listen: 127.0.0.1:$PPORT }
-admin: { listen: 127.0.0.1:$APORT }
-log: { level: warn }
-state_dir: $W/state
-upstream: { extra_roots: [$W/pki/ca.pem] }
-network: { allow: [127.0.0.1/32], hosts: { up.test: 127.0.0.1, bump.test: 127.0.0.1 } }
-destinations:
-  - { host: up.test, ports: [$UPORT] }
-  - { host: bump.test, ports: [$UPORT], rung: bump }
-CONF
+soak_tunnel_bump_config ""
 soak_start_proxy
 echo "upstream-kill: outage ${OUTAGE}s, $WORKERS workers per kind, proxy pid $PID"
 python3 bench/soak/upstream_kill.py "$PID" "$PPORT" "$APORT" "$UPORT" "$W/state/ca.pem" "$W/pki" "$OUTAGE" "$WORKERS" \
