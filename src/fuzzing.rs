@@ -228,6 +228,7 @@ fn dns_shared() -> &'static Shared {
             resolver: Arc::new(TableResolver),
             connector: Arc::new(NoConnector),
             secrets: None,
+            pool: crate::upstream::budget::PoolBudget::default(),
         };
         let _guard = runtime().enter();
         match Snapshot::build(config, &sources) {

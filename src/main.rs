@@ -11,12 +11,18 @@ use egress_edge::cli::{
 };
 use egress_edge::config::{self, Config};
 
-/// mimalloc returns freed memory to the system: RSS comes back down after a burst of
-/// thousands of tunnels closes (glibc's allocator kept it; see bench/soak/idle-tunnels.sh).
+/// jemalloc, with its background purge threads switched on in [`main`]: freed memory goes back
+/// to the system within its decay time even when no more traffic comes (glibc's allocator
+/// kept it; mimalloc purged only on later allocations; see bench/soak/idle-tunnels.sh).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Without background threads jemalloc purges only on later allocator calls, so an idle
+    // proxy would keep the peak of its last burst resident.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("egress-edge: warning: allocator background purging unavailable: {e}");
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -14,13 +14,15 @@ soak_init many-snis "$@"
 N=${1:-12000}
 CONC=${2:-32}
 soak_pki '*.sni.test'
+# Upstream connections kept for reuse across all names (the default, written out).
+POOLED=512
 {
   cat <<CONF
 proxy: { listen: 127.0.0.1:$PPORT }
 admin: { listen: 127.0.0.1:$APORT }
 log: { level: warn }
 state_dir: $W/state
-upstream: { extra_roots: [$W/pki/ca.pem], pool_idle_timeout: 5s }
+upstream: { extra_roots: [$W/pki/ca.pem], max_pooled_total: $POOLED }
 destinations:
   - { host: '*.sni.test', ports: [$UPORT], rung: bump }
 network:
@@ -31,5 +33,5 @@ CONF
 } > "$W/config.yaml"
 soak_start_proxy
 echo "many-snis: N=$N CONC=$CONC, proxy pid $PID"
-python3 bench/soak/many_snis.py "$PID" "$PPORT" "$APORT" "$UPORT" "$W/state/ca.pem" "$W/pki" "$N" "$CONC" \
+python3 bench/soak/many_snis.py "$PID" "$PPORT" "$APORT" "$UPORT" "$W/state/ca.pem" "$W/pki" "$N" "$CONC" "$POOLED" \
   || { soak_proxy_log_tail; exit 1; }

@@ -17,6 +17,7 @@ use crate::admin::{error, json};
 use crate::body::Body;
 use crate::config::{Config, SecretsConfig};
 use crate::observe::metrics::Metrics;
+use crate::observe::process;
 use crate::rung::bump::Bumper;
 use crate::state::Shared;
 
@@ -33,6 +34,10 @@ struct Sampled {
     sds_reconnects: Counter<u64, AtomicU64>,
     sds_nacks: Counter<u64, AtomicU64>,
     secrets_warm: Gauge,
+    resident_memory_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    upstream_connections: Gauge,
 }
 
 #[derive(Debug)]
@@ -100,6 +105,26 @@ impl Api {
                 "Total time spent minting leaves",
                 s.leaf_mint_seconds.clone(),
             );
+            r.register(
+                "resident_memory_bytes",
+                "Resident memory of the proxy process (VmRSS)",
+                s.resident_memory_bytes.clone(),
+            );
+            r.register(
+                "open_fds",
+                "File descriptors the proxy process holds open",
+                s.open_fds.clone(),
+            );
+            r.register(
+                "upstream_connections",
+                "Upstream connections open now, busy or pooled, across all pooled clients",
+                s.upstream_connections.clone(),
+            );
+            r.register(
+                "max_fds",
+                "The proxy process's soft RLIMIT_NOFILE",
+                s.max_fds.clone(),
+            );
             if self.secrets.is_some() {
                 r.register(
                     "secrets_warm",
@@ -156,6 +181,18 @@ impl Api {
         if self.secrets.is_none() {
             s.secrets_warm.set(1);
         }
+        let gauge = |g: &Gauge, v: Option<u64>| {
+            if let Some(v) = v {
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        };
+        gauge(&s.resident_memory_bytes, process::resident_bytes());
+        gauge(&s.open_fds, process::open_fds());
+        gauge(&s.max_fds, process::max_fds());
+        gauge(
+            &s.upstream_connections,
+            u64::try_from(shared.snapshot().pool.open()).ok(),
+        );
         let mut out = shared.metrics.encode();
         if let Some(store) = &self.secrets {
             out = append_secret_versions(out, store);

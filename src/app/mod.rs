@@ -34,6 +34,7 @@ use crate::state::reload::Reloader;
 use crate::state::sandboxes::Registry;
 use crate::state::snapshot::CoverageError;
 use crate::state::{Shared, Snapshot, Sources};
+use crate::upstream::budget::PoolBudget;
 
 pub use ca::{check_files, export_ca, load_ca};
 pub use listeners::{AdminListener, DnsListener, Listeners};
@@ -152,6 +153,7 @@ impl App {
             resolver: opts.resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
             connector: opts.connector.unwrap_or_else(|| Arc::new(TcpConnector)),
             secrets: secrets.clone(),
+            pool: PoolBudget::default(),
         };
         let snapshot = Snapshot::build(config.clone(), &sources)?;
         let auth = AdminAuth::load(&config.admin)?;

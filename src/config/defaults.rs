@@ -33,6 +33,9 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const MAX_CONNECTIONS_PER_HOST: usize = 32;
 /// Idle connections one upstream client keeps pooled per host and port.
 pub const MAX_IDLE_PER_HOST: usize = 32;
+/// Upstream connections open across all hosts and clients beyond which a new one is closed
+/// after its request instead of pooled.
+pub const MAX_POOLED_TOTAL: usize = 512;
 /// How long the rest of an upload the upstream answered early is read and discarded before
 /// the guest's HTTP/2 stream is reset (or its HTTP/1.1 connection closed).
 pub const EARLY_RESPONSE_DRAIN: Duration = Duration::from_secs(1);

@@ -184,6 +184,10 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
             .upstream
             .max_idle_per_host
             .unwrap_or(defaults::MAX_IDLE_PER_HOST),
+        max_pooled_total: raw
+            .upstream
+            .max_pooled_total
+            .unwrap_or(defaults::MAX_POOLED_TOTAL),
     };
     if upstream.max_connections_per_host == 0 {
         return err("upstream.max_connections_per_host", "must be at least 1");
@@ -670,13 +674,18 @@ mod tests {
             defaults::MAX_CONNECTIONS_PER_HOST
         );
         assert_eq!(c.upstream.max_idle_per_host, defaults::MAX_IDLE_PER_HOST);
+        assert_eq!(c.upstream.max_pooled_total, defaults::MAX_POOLED_TOTAL);
     }
 
     #[test]
     fn upstream_pool_limits_are_read() {
-        let c = parse("upstream: { max_connections_per_host: 4, max_idle_per_host: 0 }\n").unwrap();
+        let c = parse(
+            "upstream: { max_connections_per_host: 4, max_idle_per_host: 0, max_pooled_total: 7 }\n",
+        )
+        .unwrap();
         assert_eq!(c.upstream.max_connections_per_host, 4);
         assert_eq!(c.upstream.max_idle_per_host, 0);
+        assert_eq!(c.upstream.max_pooled_total, 7);
     }
 
     #[test]

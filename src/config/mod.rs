@@ -153,6 +153,9 @@ pub struct UpstreamConfig {
     pub max_connections_per_host: usize,
     /// Idle pooled connections per upstream host and port, per pooled client.
     pub max_idle_per_host: usize,
+    /// Open upstream connections, all hosts and clients together, beyond which a new one is
+    /// closed after its request instead of pooled.
+    pub max_pooled_total: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -169,6 +169,7 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<Dur>,
     pub max_connections_per_host: Option<usize>,
     pub max_idle_per_host: Option<usize>,
+    pub max_pooled_total: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

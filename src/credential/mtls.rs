@@ -32,5 +32,5 @@ pub fn client(snap: &Snapshot, chain_pem: &str, key_pem: &[u8]) -> Result<HttpCl
         .with_client_auth_cert(certs, key)
         .map_err(|_| MtlsError::Rejected)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls_client(&snap.config, &snap.dialer, cfg))
+    Ok(tls_client(&snap.config, &snap.dialer, &snap.pool, cfg))
 }

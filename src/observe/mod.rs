@@ -5,4 +5,5 @@
 pub mod access_log;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod rate_limit;

@@ -13,6 +13,7 @@ use egress_sds::SecretStore;
 use crate::config::Config;
 use crate::net::dial::{Connect, Dialer, Resolve};
 use crate::policy::{HostPattern, Policy};
+use crate::upstream::budget::PoolBudget;
 use crate::upstream::client::{HttpClient, http_client, tls_client};
 use crate::upstream::connector::UpstreamConnector;
 use crate::upstream::tls::{self, TrustError};
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub tls: Option<HttpClient>,
     pub tls_h1: Option<HttpClient>,
     pub roots: Option<Arc<rustls::RootCertStore>>,
+    /// The process-wide count of open upstream connections (shared by every snapshot).
+    pub pool: PoolBudget,
 }
 
 /// What a snapshot is built from besides the config: the process's resolver, connector and
@@ -38,6 +41,8 @@ pub struct Sources {
     pub resolver: Arc<dyn Resolve>,
     pub connector: Arc<dyn Connect>,
     pub secrets: Option<SecretStore>,
+    /// Counts upstream connections across snapshots, for `upstream.max_pooled_total`.
+    pub pool: PoolBudget,
 }
 
 impl Snapshot {
@@ -54,6 +59,7 @@ impl Snapshot {
         let plain = http_client(
             &config,
             UpstreamConnector::new(dialer.clone(), None, config.proxy.handshake_timeout),
+            &sources.pool,
         );
         let (mut tls, mut tls_h1, mut roots) = (None, None, None);
         if config.policy.has_bump() {
@@ -61,8 +67,8 @@ impl Snapshot {
             let store = Arc::new(tls::root_store(&config.upstream.extra_roots, &extra_pems)?);
             let both = tls::client_config(store.clone(), &[b"h2", b"http/1.1"])?;
             let h1 = tls::client_config(store.clone(), &[b"http/1.1"])?;
-            tls = Some(tls_client(&config, &dialer, both));
-            tls_h1 = Some(tls_client(&config, &dialer, h1));
+            tls = Some(tls_client(&config, &dialer, &sources.pool, both));
+            tls_h1 = Some(tls_client(&config, &dialer, &sources.pool, h1));
             roots = Some(store);
         }
         Ok(Snapshot {
@@ -72,6 +78,7 @@ impl Snapshot {
             tls,
             tls_h1,
             roots,
+            pool: sources.pool.clone(),
         })
     }
 }

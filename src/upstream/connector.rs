@@ -32,6 +32,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::net::dial::{DialError, Dialer};
 use crate::net::host::Host;
+use crate::upstream::budget::{Counted, PoolBudget};
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -267,16 +268,22 @@ impl Drop for HostSlot {
     }
 }
 
-/// An upstream connection holding its per-host slot.
+/// An upstream connection holding its per-host slot and its place in the pool budget.
 #[derive(Debug)]
 pub struct UpstreamStream {
     io: MaybeTls,
     _slot: HostSlot,
+    counted: Counted,
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let connected = self.io.connected();
+        if !self.counted.poolable() {
+            // Over `upstream.max_pooled_total`: serve this request, then close.
+            connected.poison();
+        }
+        connected
     }
 }
 
@@ -323,6 +330,8 @@ pub struct UpstreamConnector {
     tls: Option<TlsConnector>,
     handshake_timeout: Duration,
     limits: HostLimits,
+    budget: PoolBudget,
+    max_pooled: usize,
 }
 
 impl std::fmt::Debug for UpstreamConnector {
@@ -350,7 +359,17 @@ impl UpstreamConnector {
                 crate::config::defaults::MAX_CONNECTIONS_PER_HOST,
                 crate::config::defaults::RESPONSE_HEADER_TIMEOUT,
             ),
+            budget: PoolBudget::default(),
+            max_pooled: crate::config::defaults::MAX_POOLED_TOTAL,
         }
+    }
+
+    /// Counts this connector's connections in `budget`; those opened while `max` or more
+    /// are open are closed after their request instead of pooled.
+    pub fn with_pool_budget(mut self, budget: PoolBudget, max: usize) -> Self {
+        self.budget = budget;
+        self.max_pooled = max;
+        self
     }
 
     /// Caps open connections per host and port at `max`; a connect waits at most `wait` for
@@ -375,6 +394,8 @@ impl tower_service::Service<Uri> for UpstreamConnector {
         let tls = self.tls.clone();
         let timeout = self.handshake_timeout;
         let limits = self.limits.clone();
+        let budget = self.budget.clone();
+        let max_pooled = self.max_pooled;
         Box::pin(async move {
             let raw_host = uri
                 .host()
@@ -385,7 +406,13 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             let shown = host.to_string();
             let slot = limits.acquire(&shown, port).await?;
             let dialed = dialer.dial(&host, port).await?;
-            let stream = |io| TokioIo::new(UpstreamStream { io, _slot: slot });
+            let stream = |io| {
+                TokioIo::new(UpstreamStream {
+                    io,
+                    _slot: slot,
+                    counted: budget.admit(max_pooled),
+                })
+            };
             if !https {
                 return Ok(stream(MaybeTls::Plain(dialed.stream)));
             }

@@ -6,6 +6,7 @@
 //! Nothing here decides policy or touches credentials; callers hand over requests that are
 //! already admitted and rewritten.
 
+pub mod budget;
 pub mod client;
 pub mod connector;
 pub mod cut;

@@ -646,6 +646,36 @@ async fn h2_burst_to_an_http1_upstream_stays_within_the_per_host_connection_cap(
     assert!(conns <= 8, "{conns} upstream connections for one host");
 }
 
+/// `upstream.max_pooled_total` bounds the upstream connections kept for reuse across all
+/// hosts: with a bound of 1, `a.wild.test`'s connection is pooled and reused, while each
+/// request to `b.wild.test` (opened while one is already open) gets a connection that is
+/// closed after it; with the default bound both hosts' connections are reused. The gauge
+/// shows what is open.
+#[tokio::test]
+async fn upstream_connections_beyond_max_pooled_total_are_not_kept() {
+    for (bound, want) in [("max_pooled_total: 1", 1 + 3), ("", 2)] {
+        let env = bump_env_with(&[b"http/1.1"], bound, "").await;
+        for _ in 0..3 {
+            for host in ["a.wild.test", "b.wild.test"] {
+                let target = format!("{host}:{}", env.up.port());
+                let cfg = client_config(env.proxy.bump_roots(), &[b"http/1.1"]);
+                let mut tls = tls_through(env.proxy.addr, &target, host, cfg)
+                    .await
+                    .unwrap();
+                let get = format!("GET /small HTTP/1.1\r\nHost: {target}\r\n\r\n");
+                tls.write_all(get.as_bytes()).await.unwrap();
+                assert_eq!(read_response(&mut tls).await.0, 200, "{bound} {host}");
+            }
+        }
+        let conns = env.seen.connections.load(Ordering::SeqCst);
+        assert_eq!(conns, want, "{bound:?}: upstream connections");
+        let kept = if bound.is_empty() { 2 } else { 1 };
+        env.proxy
+            .wait_metric(&format!("egress_edge_upstream_connections {kept}\n"))
+            .await;
+    }
+}
+
 /// A bump session advertises at most 100 concurrent streams, so one guest connection cannot
 /// put more requests than that in flight upstream.
 #[tokio::test]

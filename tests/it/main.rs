@@ -9,6 +9,7 @@ mod admin_auth;
 mod agreement;
 mod bump;
 mod cli;
+mod deadlines;
 mod dns;
 mod foundation;
 mod fuzz_replay;

@@ -166,6 +166,10 @@ default_rung: deny
         ("egress_edge_secrets_warm", "gauge"),
         ("egress_edge_secret_version", "gauge"),
         ("egress_edge_secret_updated_timestamp_seconds", "gauge"),
+        ("egress_edge_resident_memory_bytes", "gauge"),
+        ("egress_edge_open_fds", "gauge"),
+        ("egress_edge_max_fds", "gauge"),
+        ("egress_edge_upstream_connections", "gauge"),
     ];
     for (family, t) in expected {
         assert_eq!(
@@ -259,6 +263,11 @@ default_rung: deny
     // bump.test is an exact bump host: its leaf is minted at startup.
     assert!(v("egress_edge_leaf_mints_total", &[]) >= 1.0);
     assert_eq!(v("egress_edge_secrets_warm", &[]), 1.0);
+    // The process gauges describe this (test) process: at least its listeners are open.
+    assert!(v("egress_edge_resident_memory_bytes", &[]) > f64::from(1 << 20));
+    let fds = v("egress_edge_open_fds", &[]);
+    assert!(fds >= 3.0, "{fds}");
+    assert!(v("egress_edge_max_fds", &[]) >= fds);
     let versions = exp.family_samples("egress_edge_secret_version");
     assert_eq!(versions.len(), 1, "{versions:?}");
     assert_eq!(

@@ -232,18 +232,6 @@ async fn wait_value(proxy: &Proxy, name: &str, want: f64, secs: u64) -> Result<(
     }
 }
 
-/// The bytes of a TLS ClientHello for `sni`, as a guest sends first on a tunnel.
-fn client_hello(sni: &str) -> Vec<u8> {
-    let cfg = client_config(rustls::RootCertStore::empty(), &[b"http/1.1"]);
-    let mut conn =
-        rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
 /// An upstream that accepts, reads whatever comes and never answers; it lets go of a
 /// connection when the proxy closes its side.
 async fn silent_upstream() -> SocketAddr {
@@ -338,6 +326,9 @@ destinations:
 
 /// The bump rung on `bump.test` and `*.sni.test` (the upstream's leaf covers both), with
 /// extra `proxy:` settings and `network.hosts` entries.
+/// Upstream connections kept for reuse in the soak tests (`upstream.max_pooled_total`).
+const POOLED: usize = 64;
+
 async fn bump_env(proxy_settings: &str, names: &[String]) -> (Pki, SocketAddr, Arc<Seen>, Proxy) {
     let pki = Pki::new("soak upstream CA");
     let leaf = pki.leaf(&["bump.test", "*.sni.test", "up.test"]);
@@ -349,7 +340,7 @@ async fn bump_env(proxy_settings: &str, names: &[String]) -> (Pki, SocketAddr, A
     let yaml = format!(
         "state_dir: STATE_DIR
 proxy: {{ {proxy_settings} }}
-upstream: {{ extra_roots: [{ca}] }}
+upstream: {{ extra_roots: [{ca}], max_pooled_total: {POOLED} }}
 network:
   allow: [127.0.0.1/32]
   hosts:
@@ -411,12 +402,13 @@ async fn bump_sessions_are_held_then_cut_at_the_idle_timeout() {
 }
 
 /// `bench/soak/many-snis.sh`, small: 300 distinct SNIs under one wildcard bump rule all work,
-/// each leaf minted exactly once (on the first sight of its name).
+/// each leaf minted exactly once (on the first sight of its name), and no more upstream
+/// connections stay open than `upstream.max_pooled_total` and those in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_snis_each_get_one_leaf() {
     const N: usize = 300;
     let names: Vec<String> = (0..N).map(|i| format!("s{i}.sni.test")).collect();
-    let (_pki, up, _seen, proxy) = bump_env("", &names).await;
+    let (_pki, up, seen, proxy) = bump_env("", &names).await;
     let m = proxy.metrics().await;
     let mints_before = metric_sum(&m, "egress_edge_leaf_mints_total", None);
     let misses_before = metric_sum(&m, "egress_edge_leaf_cache_misses_total", None);
@@ -448,6 +440,13 @@ async fn many_snis_each_get_one_leaf() {
     assert_eq!(
         metric_sum(&m, "egress_edge_leaf_mint_failures_total", None),
         0.0
+    );
+    // Every name needed its own upstream connection; most were closed after their request.
+    assert!(seen.connections.load(Ordering::SeqCst) >= N);
+    let open = metric_sum(&m, "egress_edge_upstream_connections", None);
+    assert!(
+        open <= (POOLED + 16) as f64,
+        "{open} upstream connections open for {N} names"
     );
 }
 

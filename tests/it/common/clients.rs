@@ -176,3 +176,15 @@ pub fn sized_head(start: &str, size: usize) -> String {
     let fixed = start.len() + "x-fill: \r\n\r\n".len();
     format!("{start}x-fill: {}\r\n\r\n", "f".repeat(size - fixed))
 }
+
+/// The bytes of a TLS ClientHello for `sni`, as a guest sends first on a tunnel.
+pub fn client_hello(sni: &str) -> Vec<u8> {
+    let cfg = client_config(rustls::RootCertStore::empty(), &[b"http/1.1"]);
+    let mut conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
