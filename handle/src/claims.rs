@@ -27,6 +27,8 @@ pub struct Claims {
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) path_prefixes: Option<Vec<String>>,
     pub(crate) sandbox: Option<String>,
+    /// The external issuer that signed the handle; `None` for the edge's own key.
+    pub(crate) issuer: Option<String>,
 }
 
 impl Claims {
@@ -80,6 +82,12 @@ impl Claims {
     /// which knows the connection's sandbox, does.
     pub fn sandbox(&self) -> Option<&str> {
         self.sandbox.as_deref()
+    }
+
+    /// The external issuer that minted the handle (the verifier checked that the signing key
+    /// is one of that issuer's); `None` when the edge's own key signed it.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
     }
 
     /// When the handle was issued.
@@ -203,6 +211,11 @@ impl Claims {
         {
             return Err("bad sandbox name");
         }
+        if let Some(issuer) = &self.issuer
+            && !scope::valid_name(issuer)
+        {
+            return Err("bad issuer name");
+        }
         Ok(())
     }
 }
@@ -238,6 +251,7 @@ impl fmt::Debug for Claims {
             .field("methods", &self.methods)
             .field("path_prefixes", &self.path_prefixes)
             .field("sandbox", &self.sandbox)
+            .field("issuer", &self.issuer)
             .finish()
     }
 }

@@ -23,6 +23,14 @@ pub const KEY_FILE: &str = "handle-key.pem";
 pub const PUBLIC_KEY_FILE: &str = "handle-key.pub";
 
 const PRIVATE_LABEL: &str = "PRIVATE KEY";
+/// PKCS#8 v1 (RFC 8410) Ed25519 private key, up to the 32-byte seed.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// The same for ring's v2 documents (version 1, the public key after the seed).
+const PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 const PUBLIC_LABEL: &str = "PUBLIC KEY";
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key bytes follow.
 const SPKI_PREFIX: [u8; 12] = [
@@ -100,6 +108,40 @@ impl SigningKey {
         Ok(key)
     }
 
+    /// Generates a key pair for an external issuer: the private key into `key_path` (0600,
+    /// never overwriting an existing file) and its public key into `pub_path` (0644), which
+    /// edges list under `fleet.handle_issuers`.
+    ///
+    /// The file is PKCS#8 v1 (RFC 8410: the seed only), the form OpenSSL and most libraries
+    /// read, so a minter in another language can load it as is.
+    pub fn create_issuer_key(key_path: &Path, pub_path: &Path) -> Result<Self, HandleError> {
+        let rng = ring::rand::SystemRandom::new();
+        let v2 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| HandleError::Random)?;
+        // ring writes v2: the v1 header with version 1 and length 0x53, the 32-byte seed, then
+        // the public key. Keep the seed under a v1 header.
+        let seed = v2
+            .as_ref()
+            .strip_prefix(PKCS8_V2_PREFIX.as_slice())
+            .and_then(|rest| rest.get(..32))
+            .ok_or_else(|| key_error(key_path, "unexpected PKCS#8 layout".to_owned()))?;
+        let v1 = Zeroizing::new([PKCS8_V1_PREFIX.as_slice(), seed].concat());
+        let key = Self::from_pkcs8(&v1, key_path)?;
+        let pem = pem::encode(PRIVATE_LABEL, &v1);
+        if !fsutil::publish_exclusive(key_path, pem.as_bytes(), 0o600)? {
+            return Err(key_error(
+                key_path,
+                "already exists; not overwriting a signing key".to_owned(),
+            ));
+        }
+        fsutil::write_atomic(pub_path, key.public.to_pem().as_bytes(), 0o644)?;
+        Ok(key)
+    }
+
+    /// Loads a private key file (PKCS#8 `PRIVATE KEY` PEM), such as an issuer key.
+    pub fn load_file(path: &Path) -> Result<Self, HandleError> {
+        Self::load(path)?.ok_or_else(|| key_error(path, "does not exist".to_owned()))
+    }
+
     fn load(path: &Path) -> Result<Option<Self>, HandleError> {
         let Some(bytes) = fsutil::read_optional(path)? else {
             return Ok(None);
@@ -165,6 +207,19 @@ impl VerifyingKey {
         let der =
             pem::decode_one(text, PUBLIC_LABEL).map_err(|detail| key_error(source, detail))?;
         Self::from_spki(&der, source)
+    }
+
+    /// Parses every `PUBLIC KEY` block in `text` (a bundle of current and previous keys);
+    /// at least one. `source` only labels errors.
+    pub fn from_pem_bundle(text: &str, source: &Path) -> Result<Vec<Self>, HandleError> {
+        let blocks = pem::decode_all(text, PUBLIC_LABEL).map_err(|d| key_error(source, d))?;
+        if blocks.is_empty() {
+            return Err(key_error(source, format!("no {PUBLIC_LABEL} block found")));
+        }
+        blocks
+            .iter()
+            .map(|der| Self::from_spki(der, source))
+            .collect()
     }
 
     fn from_spki(der: &[u8], source: &Path) -> Result<Self, HandleError> {
@@ -238,14 +293,12 @@ impl KeyRing {
 
     /// Trusts every `PUBLIC KEY` block in `text` (e.g. a bundle of current and previous keys).
     pub fn insert_pem_bundle(&mut self, text: &str, source: &Path) -> Result<usize, HandleError> {
-        let blocks = pem::decode_all(text, PUBLIC_LABEL).map_err(|d| key_error(source, d))?;
-        if blocks.is_empty() {
-            return Err(key_error(source, format!("no {PUBLIC_LABEL} block found")));
+        let keys = VerifyingKey::from_pem_bundle(text, source)?;
+        let n = keys.len();
+        for key in keys {
+            self.insert(key);
         }
-        for der in &blocks {
-            self.insert(VerifyingKey::from_spki(der, source)?);
-        }
-        Ok(blocks.len())
+        Ok(n)
     }
 
     /// The key with id `kid`, if trusted.

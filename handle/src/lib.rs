@@ -15,7 +15,7 @@
 //! Token format (version 1): `eeh_` + base64url(payload) + `.` + base64url(signature), at most
 //! [`MAX_TOKEN_LEN`] bytes, where payload is a fixed binary layout (version, key id, 128-bit id,
 //! iat, exp, session, credentials, host, methods, path prefixes) followed by optional tagged
-//! extension records (sandbox), and signature is Ed25519 over `"eeh-v1\0" || payload`; details
+//! extension records (sandbox, issuer), and signature is Ed25519 over `"eeh-v1\0" || payload`; details
 //! in the `token` module. Errors map to the contract's refusal codes through
 //! [`HandleError::code`].
 //!
@@ -27,6 +27,7 @@ mod claims;
 mod detect;
 mod error;
 mod fsutil;
+mod issuers;
 mod keys;
 mod mint;
 mod pem;
@@ -47,8 +48,9 @@ pub use detect::{
     looks_like_handle, redact, redact_in, scan,
 };
 pub use error::HandleError;
+pub use issuers::Issuers;
 pub use keys::{KEY_FILE, KeyRing, PUBLIC_KEY_FILE, SigningKey, VerifyingKey};
-pub use mint::{DEFAULT_MAX_TTL, DEFAULT_TTL, MintRequest, Minted};
+pub use mint::{DEFAULT_MAX_TTL, DEFAULT_TTL, MintRequest, Minted, mint_as_issuer};
 pub use revocation::{REVOCATION_FILE, RevocationList};
 pub use scope::{
     MAX_CREDENTIALS, MAX_HOST_LEN, MAX_METHOD_LEN, MAX_METHODS, MAX_NAME_LEN, MAX_PATH_PREFIX_LEN,
@@ -105,6 +107,11 @@ impl HandleAuthority {
     /// [`Claims::authorize`].
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, HandleError> {
         self.verifier.verify(token, now)
+    }
+
+    /// Replaces the external issuers whose handles are accepted (see [`Issuers`]).
+    pub fn set_issuers(&self, issuers: Issuers) {
+        self.verifier.set_issuers(issuers);
     }
 
     /// Revokes one handle by id, persistently.

@@ -95,6 +95,31 @@ pub(crate) fn mint(
     max_ttl: Duration,
     now: SystemTime,
 ) -> Result<Minted, HandleError> {
+    mint_claims(key, None, req, max_ttl, now)
+}
+
+/// Mints a handle as the external issuer `issuer`, signed with that issuer's `key`: what a
+/// platform control plane does (this function, or any implementation of
+/// `docs/handle-format.md`). An edge accepts it when `key`'s public half is configured for
+/// `issuer`. `max_ttl` bounds the ttl here; the edge applies its own maximum when verifying.
+pub fn mint_as_issuer(
+    key: &SigningKey,
+    issuer: &str,
+    req: &MintRequest,
+    max_ttl: Duration,
+    now: SystemTime,
+) -> Result<Minted, HandleError> {
+    let issuer = check_name("issuer", Some(issuer))?;
+    mint_claims(key, issuer, req, max_ttl, now)
+}
+
+fn mint_claims(
+    key: &SigningKey,
+    issuer: Option<String>,
+    req: &MintRequest,
+    max_ttl: Duration,
+    now: SystemTime,
+) -> Result<Minted, HandleError> {
     let ttl_secs = check_ttl(req.ttl, max_ttl)?;
     let credentials = check_list(
         "credentials",
@@ -162,6 +187,7 @@ pub(crate) fn mint(
         methods,
         path_prefixes,
         sandbox,
+        issuer,
     };
     // The field checks above are the friendly version of these; this guards against the two
     // ever drifting apart, since the verifier runs exactly these.

@@ -17,7 +17,14 @@
 //! ```text
 //! tag   claim     value
 //! 0x01  sandbox   the sandbox the handle is bound to; same syntax as session
+//! 0x02  issuer    the external issuer that signed it (see below); same syntax as session
 //! ```
+//!
+//! A handle without an issuer record was signed by the edge's own key (`kid` names it). A
+//! handle with one was minted by that issuer, a platform control plane for example, with its
+//! own Ed25519 key: the verifier accepts it only if the key that verifies the signature is
+//! one configured for that very issuer, so neither a key id nor an issuer name alone selects
+//! a key. `docs/handle-format.md` is the minting specification for other languages.
 //!
 //! An absent claim writes no record, so a payload without records (every handle minted before
 //! extensions existed) is unchanged and still valid. Records follow `path_prefixes` in strictly
@@ -59,8 +66,9 @@ pub(crate) const MIN_PAYLOAD_LEN: usize = HEADER_LEN + 1 + 3 + 1 + 1 + 1;
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
 
-/// Extension record tag of the sandbox claim. Records are written in increasing tag order.
+/// Extension record tags. Records are written in increasing tag order.
 const EXT_SANDBOX: u8 = 1;
+const EXT_ISSUER: u8 = 2;
 
 /// A handle split into its decoded halves; nothing about it is trusted yet.
 pub(crate) struct RawToken {
@@ -154,6 +162,7 @@ pub(crate) fn encode_payload(claims: &Claims) -> Result<Vec<u8>, &'static str> {
     put_opt_list(&mut out, claims.path_prefixes.as_deref())?;
     // Extension records, in increasing tag order.
     put_ext(&mut out, EXT_SANDBOX, claims.sandbox.as_deref())?;
+    put_ext(&mut out, EXT_ISSUER, claims.issuer.as_deref())?;
     Ok(out)
 }
 
@@ -242,7 +251,7 @@ impl<'a> Reader<'a> {
         let host = self.opt(Self::string)?;
         let methods = self.opt(Self::list)?;
         let path_prefixes = self.opt(Self::list)?;
-        let mut sandbox = None;
+        let (mut sandbox, mut issuer) = (None, None);
         let mut last_tag = 0;
         while self.pos < self.buf.len() {
             let tag = self.u8()?;
@@ -252,6 +261,7 @@ impl<'a> Reader<'a> {
                     return Err("repeated or out-of-order extension tag in payload");
                 }
                 EXT_SANDBOX => sandbox = Some(self.string()?),
+                EXT_ISSUER => issuer = Some(self.string()?),
                 _ => return Err("unknown extension tag in payload"),
             }
             last_tag = tag;
@@ -267,6 +277,7 @@ impl<'a> Reader<'a> {
             methods,
             path_prefixes,
             sandbox,
+            issuer,
         })
     }
 
@@ -335,6 +346,7 @@ mod tests {
             methods: Some(vec!["GET".into(), "POST".into()]),
             path_prefixes: Some(vec!["/v1/".into()]),
             sandbox: None,
+            issuer: None,
         }
     }
 
@@ -342,6 +354,13 @@ mod tests {
         Claims {
             sandbox: Some("sbx-a".into()),
             ..sample()
+        }
+    }
+
+    fn issued() -> Claims {
+        Claims {
+            issuer: Some("control".into()),
+            ..bound()
         }
     }
 
@@ -355,10 +374,11 @@ mod tests {
 
     #[test]
     fn payload_round_trip() {
-        for claims in [sample(), bound()] {
+        for claims in [sample(), bound(), issued()] {
             let bytes = encode_payload(&claims).unwrap();
             let decoded = decode_payload(&bytes).unwrap();
             assert_eq!(decoded.sandbox(), claims.sandbox());
+            assert_eq!(decoded.issuer(), claims.issuer());
             assert_eq!(decoded, claims);
         }
     }
@@ -372,6 +392,9 @@ mod tests {
         let mut expected = plain.clone();
         expected.extend_from_slice(b"\x01\x05sbx-a");
         assert_eq!(with, expected);
+        // The issuer record follows the sandbox record.
+        expected.extend_from_slice(b"\x02\x07control");
+        assert_eq!(encode_payload(&issued()).unwrap(), expected);
     }
 
     #[test]
@@ -395,8 +418,12 @@ mod tests {
         let plain = encode_payload(&sample()).unwrap();
         let with = |tail: &[u8]| [plain.as_slice(), tail].concat();
         assert_eq!(
-            reason(&with(b"\x02\x05other")),
+            reason(&with(b"\x03\x05other")),
             "unknown extension tag in payload"
+        );
+        assert_eq!(
+            reason(&with(b"\x02\x07control\x01\x05sbx-a")),
+            "repeated or out-of-order extension tag in payload"
         );
         assert_eq!(
             reason(&with(b"\xff\x05other")),
@@ -430,6 +457,10 @@ mod tests {
         }
         // A valid record still decodes with the same tail.
         assert_eq!(decode_payload(&with(b"\x01\x05sbx-a")).unwrap(), bound());
+        assert_eq!(
+            decode_payload(&with(b"\x01\x05sbx-a\x02\x07control")).unwrap(),
+            issued()
+        );
     }
 
     #[test]
@@ -441,6 +472,7 @@ mod tests {
             methods: None,
             path_prefixes: None,
             sandbox: None,
+            issuer: None,
             ..sample()
         };
         assert_eq!(encode_payload(&claims).unwrap().len(), MIN_PAYLOAD_LEN);

@@ -8,8 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+
 use crate::claims::{Claims, unix_secs};
 use crate::error::HandleError;
+use crate::issuers::Issuers;
 use crate::keys::KeyRing;
 use crate::revocation::RevocationList;
 use crate::token;
@@ -21,6 +24,8 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Verifier {
     keys: KeyRing,
+    /// External issuers; shared by clones, replaced whole by [`Verifier::set_issuers`].
+    issuers: Arc<ArcSwap<Issuers>>,
     revocations: Arc<RevocationList>,
     max_ttl: Duration,
 }
@@ -32,9 +37,20 @@ impl Verifier {
     pub fn new(keys: KeyRing, revocations: Arc<RevocationList>, max_ttl: Duration) -> Self {
         Verifier {
             keys,
+            issuers: Arc::default(),
             revocations,
             max_ttl,
         }
+    }
+
+    /// Replaces the external issuers this verifier (and every clone of it) trusts.
+    pub fn set_issuers(&self, issuers: Issuers) {
+        self.issuers.store(Arc::new(issuers));
+    }
+
+    /// The external issuers trusted now.
+    pub fn issuers(&self) -> Arc<Issuers> {
+        self.issuers.load_full()
     }
 
     /// The trusted keys.
@@ -52,24 +68,64 @@ impl Verifier {
         &self.revocations
     }
 
+    /// Whether the key that signed `claims` is still trusted for its issuer (or, without an
+    /// issuer, still one of the edge's own): for callers that cache verified claims, so a key
+    /// removed from the issuer set stops its handles at once.
+    pub fn still_trusts(&self, claims: &Claims) -> bool {
+        match claims.issuer.as_deref() {
+            None => self.keys.get(&claims.kid).is_some(),
+            Some(issuer) => self
+                .issuers
+                .load()
+                .with_kid(&claims.kid)
+                .iter()
+                .any(|(id, _)| id == issuer),
+        }
+    }
+
     /// Verifies `token` at time `now` and returns its claims.
     ///
     /// Fails with [`HandleError::Invalid`] for anything malformed, signed by an unknown key,
-    /// wrongly signed, issued more than [`CLOCK_SKEW`] in the future or living longer than the
+    /// wrongly signed, naming an issuer that does not own the key that verified it (or naming
+    /// none when only an issuer's key verified it), issued more than [`CLOCK_SKEW`] in the future or living longer than the
     /// maximum ttl; [`HandleError::Expired`] once `now` reaches the expiry; and
     /// [`HandleError::Revoked`] if its id, session or sandbox was revoked. Scope (and the
     /// sandbox binding, [`Claims::sandbox`]) is not checked here.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, HandleError> {
         let raw = token::split(token)?;
         let kid = token::peek_kid(&raw.payload)?;
-        let key = self
-            .keys
-            .get(&kid)
-            .ok_or(HandleError::Invalid("signed by an unknown key"))?;
-        if !key.verify(&token::signing_input(&raw.payload), &raw.signature) {
-            return Err(HandleError::Invalid("bad signature"));
+        let input = token::signing_input(&raw.payload);
+        // Every key with this key id, with its owner: `None` is the edge itself. Only the
+        // version and key id have been read so far; the payload is parsed once a key verified.
+        let issuers = self.issuers.load();
+        let candidates = self.keys.get(&kid).map(|k| (None, k)).into_iter().chain(
+            issuers
+                .with_kid(&kid)
+                .iter()
+                .map(|(id, k)| (Some(id.as_str()), k)),
+        );
+        let mut known = false;
+        let mut signers: Vec<Option<&str>> = Vec::new();
+        for (owner, key) in candidates {
+            known = true;
+            if key.verify(&input, &raw.signature) {
+                signers.push(owner);
+            }
+        }
+        if signers.is_empty() {
+            return Err(HandleError::Invalid(if known {
+                "bad signature"
+            } else {
+                "signed by an unknown key"
+            }));
         }
         let claims = token::decode_payload(&raw.payload)?;
+        if !signers.contains(&claims.issuer.as_deref()) {
+            return Err(HandleError::Invalid(match claims.issuer {
+                Some(_) => "signed by a key that is not one of its issuer's",
+                None => "signed by an issuer's key but names no issuer",
+            }));
+        }
 
         let now = unix_secs(now);
         if claims.iat > now.saturating_add(CLOCK_SKEW.as_secs()) {

@@ -486,7 +486,7 @@ fn sandbox_bound_handles_are_well_formed() {
     // (the signature is irrelevant here: the detector does not check it).
     let (payload, sig) = h[4..].split_once('.').unwrap();
     let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
-    bytes.extend_from_slice(b"\x02\x05other");
+    bytes.extend_from_slice(b"\x03\x05other");
     let unknown = format!("eeh_{}.{sig}", URL_SAFE_NO_PAD.encode(&bytes));
     assert_eq!(
         scan(unknown.as_bytes()).candidates()[0].shape(),

@@ -160,10 +160,12 @@ impl App {
         let sandboxes = Registry::load(&config)?;
         let shared = Arc::new(Shared::new(snapshot, Metrics::new()).with_sandboxes(sandboxes));
         background::spawn_revocation_reload(&shared, handles.clone());
+        crate::state::reload::trust_issuers(&handles, &config.handle_issuers);
         let reloader = Arc::new(Reloader {
             shared: shared.clone(),
             sources,
             ca: ca.clone(),
+            handles: handles.clone(),
         });
         if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
             background::spawn_root_refresh(store.clone(), reloader.clone());

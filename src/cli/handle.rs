@@ -1,8 +1,10 @@
-//! `egress-edge handle mint|revoke`, through the admin API or directly on a state dir.
+//! `egress-edge handle mint|revoke|keygen`, through the admin API, directly on a state dir,
+//! or (mint) offline as an external issuer.
 //!
 //! With `--state-dir` the CLI signs with the deployment key itself (a running proxy on the same
 //! state dir sees revocations within a second). With `--admin` it calls the admin API, sending
-//! the token from `EGRESS_EDGE_ADMIN_TOKEN` when set.
+//! the token from `EGRESS_EDGE_ADMIN_TOKEN` when set. With `--issuer-key FILE --issuer ID` it
+//! signs as that issuer, exactly as `docs/handle-format.md` specifies for any other minter.
 
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
             methods,
             path_prefixes,
             target,
+            issuer,
         } => {
             let ttl_d = humantime::parse_duration(&ttl)
                 .map_err(|e| CliError::Usage(format!("--ttl {ttl}: {e}")))?;
@@ -43,6 +46,20 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
                 host,
                 methods: (!methods.is_empty()).then_some(methods),
                 path_prefixes: (!path_prefixes.is_empty()).then_some(path_prefixes),
+            };
+            let target = match (target.issuer_key, issuer) {
+                (Some(key), Some(issuer)) => {
+                    let handle = mint_as_issuer(&key, &issuer, &req)?;
+                    println!("{handle}");
+                    return Ok(());
+                }
+                (Some(_), None) => {
+                    return Err(CliError::Usage("--issuer-key needs --issuer".into()));
+                }
+                (None, _) => AdminTarget {
+                    admin: target.admin,
+                    state_dir: target.state_dir,
+                },
             };
             let handle = match target_of(&target)? {
                 Target::State(dir) => {
@@ -64,6 +81,20 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
                 }
             };
             println!("{handle}");
+            Ok(())
+        }
+        HandleCommand::Keygen { out } => {
+            let mut public = out.clone().into_os_string();
+            public.push(".pub");
+            let public = std::path::PathBuf::from(public);
+            let key = egress_handle::SigningKey::create_issuer_key(&out, &public)
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            eprintln!(
+                "wrote {} (private) and {} (public, key id {})",
+                out.display(),
+                public.display(),
+                key.verifying_key().kid_hex()
+            );
             Ok(())
         }
         HandleCommand::Revoke {
@@ -103,6 +134,26 @@ pub async fn run(cmd: HandleCommand) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// Signs `req` offline with the issuer key in `key_file`. The ttl is bounded by the
+/// longest an edge accepts (`handles.max_ttl` at most 7 days); each edge checks its own.
+fn mint_as_issuer(
+    key_file: &std::path::Path,
+    issuer: &str,
+    req: &egress_handle::MintRequest,
+) -> Result<String, CliError> {
+    let key = egress_handle::SigningKey::load_file(key_file)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    egress_handle::mint_as_issuer(
+        &key,
+        issuer,
+        req,
+        crate::config::defaults::HANDLE_MAX_TTL_MAX,
+        std::time::SystemTime::now(),
+    )
+    .map(|m| m.handle)
+    .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 enum Target {

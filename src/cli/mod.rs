@@ -146,7 +146,17 @@ pub enum HandleCommand {
         #[arg(long = "path-prefix")]
         path_prefixes: Vec<String>,
         #[command(flatten)]
-        target: AdminTarget,
+        target: MintTarget,
+        /// With --issuer-key: the issuer id written into the handle (as edges list it under
+        /// fleet.handle_issuers).
+        #[arg(long, requires = "issuer_key")]
+        issuer: Option<String>,
+    },
+    /// Create an Ed25519 key pair for an external handle issuer: FILE (private, 0600, never
+    /// overwritten) and FILE.pub (the public key edges list under fleet.handle_issuers).
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Revoke handles by id, by session, or every handle bound to a sandbox.
     Revoke {
@@ -163,6 +173,22 @@ pub enum HandleCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
+}
+
+/// Who signs a minted handle: a running proxy, a state dir's key, or an external issuer's key.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct MintTarget {
+    /// Admin API base URL (http://127.0.0.1:9901 or unix:///path/admin.sock).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Sign with the deployment key of a state directory (no running proxy needed).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Sign offline as an external issuer with this private key (see `handle keygen`);
+    /// needs --issuer.
+    #[arg(long, requires = "issuer", value_name = "FILE")]
+    pub issuer_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 //! uses them, at startup, so a missing file still stops `run` before it serves.
 
 pub mod defaults;
+pub mod fleet;
 mod load;
 pub mod raw;
 pub mod sandbox;
@@ -65,6 +66,19 @@ pub struct Config {
     pub sandboxes: Vec<SandboxConfig>,
     /// Sandboxes that get their own `sandbox` metric label; the rest share `other`.
     pub sandbox_metric_labels: usize,
+    /// External issuers whose handles are accepted (`fleet.handle_issuers`).
+    pub handle_issuers: Vec<HandleIssuer>,
+}
+
+/// One external handle issuer and the public keys read from its file at load time.
+#[derive(Clone, Debug, Serialize)]
+pub struct HandleIssuer {
+    pub id: String,
+    pub public_key: PathBuf,
+    /// The key ids of the keys in the file (what `/v1/config` shows).
+    pub key_ids: Vec<String>,
+    #[serde(skip)]
+    pub keys: Vec<egress_handle::VerifyingKey>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub secrets: Option<RawSecrets>,
     #[serde(default)]
     pub handles: RawHandles,
+    #[serde(default)]
+    pub fleet: RawFleet,
     pub dns: Option<RawDns>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
@@ -77,6 +79,23 @@ pub struct RawSandbox {
 pub struct RawMetrics {
     /// Sandboxes that get their own `sandbox` label value; the rest share `other`.
     pub sandbox_labels: Option<usize>,
+}
+
+/// Shared state of a fleet of edges.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// External issuers whose handles this edge accepts.
+    #[serde(default)]
+    pub handle_issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub id: String,
+    /// A PEM file of one or more Ed25519 `PUBLIC KEY` blocks (several while a key rotates).
+    pub public_key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]

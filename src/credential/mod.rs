@@ -135,12 +135,14 @@ impl Injector {
         })
     }
 
-    /// Full verification, or a cached signature check plus fresh expiry and revocation checks.
+    /// Full verification, or a cached signature check plus fresh expiry, revocation and key
+    /// trust checks (a key retired from `fleet.handle_issuers` stops its handles at once).
     fn verify(&self, token: &str) -> Result<Arc<egress_handle::Claims>, HandleError> {
         let now = SystemTime::now();
         if let Some(c) = self.verified.get(token)
             && now < c.expires_at()
             && !self.handles.revocations().is_revoked(&c)
+            && self.handles.verifier().still_trusts(&c)
         {
             return Ok(c);
         }

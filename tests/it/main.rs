@@ -15,6 +15,7 @@ mod foundation;
 mod fuzz_replay;
 mod hiding;
 mod inject;
+mod issuers;
 mod jail;
 mod kill_switch;
 mod layering;
