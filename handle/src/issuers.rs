@@ -6,11 +6,12 @@
 //! the issuer named inside the signed payload owns a key that verified it: an issuer's key
 //! cannot vouch for another issuer's handles, and the edge's own key cannot vouch for any
 //! issuer's. Several keys per issuer are how rotation overlaps (old and new both valid until
-//! the old one is removed). This module holds the table; it reads no files and verifies
-//! nothing itself.
+//! the old one is removed, or until the instant a retired key was given). This module holds
+//! the table; it reads no files and verifies nothing itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::time::SystemTime;
 
 use crate::error::HandleError;
 use crate::keys::VerifyingKey;
@@ -19,7 +20,7 @@ use crate::scope;
 /// The configured issuers and their keys.
 #[derive(Clone, Default)]
 pub struct Issuers {
-    by_kid: HashMap<[u8; 8], Vec<(String, VerifyingKey)>>,
+    by_kid: HashMap<[u8; 8], Vec<Entry>>,
     /// Issuer id → key ids, for display.
     ids: BTreeMap<String, Vec<String>>,
 }
@@ -31,8 +32,27 @@ impl Issuers {
 
     /// Trusts `key` for handles naming `issuer`. The id takes the syntax of a session name
     /// (1 to 128 printable ASCII characters, no spaces). Adding the same key twice for one
-    /// issuer is a no-op.
+    /// issuer keeps the longer trust.
     pub fn add(&mut self, issuer: &str, key: VerifyingKey) -> Result<(), HandleError> {
+        self.insert(issuer, key, None)
+    }
+
+    /// Trusts `key` for `issuer` until `until` (a retired key during a rotation's overlap).
+    pub fn add_until(
+        &mut self,
+        issuer: &str,
+        key: VerifyingKey,
+        until: SystemTime,
+    ) -> Result<(), HandleError> {
+        self.insert(issuer, key, Some(until))
+    }
+
+    fn insert(
+        &mut self,
+        issuer: &str,
+        key: VerifyingKey,
+        until: Option<SystemTime>,
+    ) -> Result<(), HandleError> {
         if !scope::valid_name(issuer) {
             return Err(HandleError::BadRequest(format!(
                 "issuer id {issuer:?} is invalid: use 1 to 128 printable ASCII characters \
@@ -40,20 +60,40 @@ impl Issuers {
             )));
         }
         let owners = self.by_kid.entry(key.kid()).or_default();
-        if owners.iter().any(|(id, k)| id == issuer && k == &key) {
+        if let Some(e) = owners
+            .iter_mut()
+            .find(|e| e.issuer == issuer && e.key == key)
+        {
+            e.until = match (e.until, until) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
             return Ok(());
         }
         self.ids
             .entry(issuer.to_owned())
             .or_default()
             .push(key.kid_hex());
-        owners.push((issuer.to_owned(), key));
+        owners.push(Entry {
+            issuer: issuer.to_owned(),
+            key,
+            until,
+        });
         Ok(())
     }
 
-    /// Every (issuer, key) pair whose key has key id `kid`.
-    pub(crate) fn with_kid(&self, kid: &[u8; 8]) -> &[(String, VerifyingKey)] {
-        self.by_kid.get(kid).map_or(&[], Vec::as_slice)
+    /// The (issuer, key) pairs whose key has key id `kid` and is trusted at `now`.
+    pub(crate) fn with_kid(
+        &self,
+        kid: &[u8; 8],
+        now: SystemTime,
+    ) -> impl Iterator<Item = (&str, &VerifyingKey)> {
+        self.by_kid
+            .get(kid)
+            .into_iter()
+            .flatten()
+            .filter(move |e| e.until.is_none_or(|u| now < u))
+            .map(|e| (e.issuer.as_str(), &e.key))
     }
 
     /// Issuer ids and the key ids trusted for each, in id order.
@@ -64,6 +104,14 @@ impl Issuers {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+}
+
+#[derive(Clone)]
+struct Entry {
+    issuer: String,
+    key: VerifyingKey,
+    /// Trusted until then (a retired key); `None`: until removed.
+    until: Option<SystemTime>,
 }
 
 impl fmt::Debug for Issuers {
@@ -171,6 +219,39 @@ mod tests {
         auth.set_issuers(only_new);
         assert_eq!(refusal(&auth, &from_old), "signed by an unknown key");
         assert!(auth.verify(&from_new, SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn a_retired_key_is_trusted_until_its_instant() {
+        let (old, new) = (key(), key());
+        let (_d, auth) = trusting(&[("control", &new)]);
+        let now = SystemTime::now();
+        let mut table = Issuers::new();
+        table.add("control", new.verifying_key().clone()).unwrap();
+        table
+            .add_until(
+                "control",
+                old.verifying_key().clone(),
+                now + Duration::from_secs(60),
+            )
+            .unwrap();
+        auth.set_issuers(table);
+        let from_old = issue(&old, "control");
+        assert!(auth.verify(&from_old, now).is_ok());
+        let later = now + Duration::from_secs(120);
+        assert!(matches!(
+            auth.verify(&from_old, later),
+            Err(HandleError::Invalid("signed by an unknown key"))
+        ));
+        assert!(auth.verify(&issue(&new, "control"), later).is_ok());
+        // Added again without an instant (back in the current set): trusted without limit.
+        let mut again = Issuers::new();
+        again
+            .add_until("control", old.verifying_key().clone(), now)
+            .unwrap();
+        again.add("control", old.verifying_key().clone()).unwrap();
+        auth.set_issuers(again);
+        assert!(auth.verify(&from_old, later).is_ok());
     }
 
     #[test]

@@ -77,8 +77,7 @@ impl Verifier {
             Some(issuer) => self
                 .issuers
                 .load()
-                .with_kid(&claims.kid)
-                .iter()
+                .with_kid(&claims.kid, SystemTime::now())
                 .any(|(id, _)| id == issuer),
         }
     }
@@ -98,12 +97,12 @@ impl Verifier {
         // Every key with this key id, with its owner: `None` is the edge itself. Only the
         // version and key id have been read so far; the payload is parsed once a key verified.
         let issuers = self.issuers.load();
-        let candidates = self.keys.get(&kid).map(|k| (None, k)).into_iter().chain(
-            issuers
-                .with_kid(&kid)
-                .iter()
-                .map(|(id, k)| (Some(id.as_str()), k)),
-        );
+        let candidates = self
+            .keys
+            .get(&kid)
+            .map(|k| (None, k))
+            .into_iter()
+            .chain(issuers.with_kid(&kid, now).map(|(id, k)| (Some(id), k)));
         let mut known = false;
         let mut signers: Vec<Option<&str>> = Vec::new();
         for (owner, key) in candidates {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use egress_sds::store::SecretStore;
 
 use crate::state::Shared;
+use crate::state::issuers::IssuerTrust;
 use crate::state::reload::Reloader;
 
 /// Rebuilds the snapshot (same config) when the secret source delivers new values, so rotated
@@ -24,6 +25,26 @@ pub(super) fn spawn_root_refresh(store: SecretStore, reloader: Arc<Reloader>) {
             if let Err(e) = reloader.apply(current) {
                 tracing::warn!(error = %e, "cannot refresh upstream trust roots from the secret source");
             }
+        }
+    });
+}
+
+/// Re-reads the SDS-delivered issuer keys (`fleet.handle_issuers[].public_key_sds`) whenever
+/// the secret source delivers, so a key the control plane rotates applies within its push.
+pub(super) fn spawn_issuer_refresh(
+    store: SecretStore,
+    issuers: Arc<IssuerTrust>,
+    shared: Arc<Shared>,
+) {
+    let mut changes = store.subscribe();
+    let stop = shared.draining.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            issuers.apply(&shared.snapshot().config);
         }
     });
 }

@@ -30,6 +30,7 @@ use crate::net::dial::{Connect, Resolve, SystemResolver, TcpConnector};
 use crate::observe::metrics::Metrics;
 use crate::rung::Ladder;
 use crate::rung::bump::Bumper;
+use crate::state::issuers::IssuerTrust;
 use crate::state::reload::Reloader;
 use crate::state::sandboxes::Registry;
 use crate::state::snapshot::CoverageError;
@@ -160,12 +161,17 @@ impl App {
         let sandboxes = Registry::load(&config)?;
         let shared = Arc::new(Shared::new(snapshot, Metrics::new()).with_sandboxes(sandboxes));
         background::spawn_revocation_reload(&shared, handles.clone());
-        crate::state::reload::trust_issuers(&handles, &config.handle_issuers);
+        let issuers = Arc::new(IssuerTrust::new(handles.clone(), secrets.clone()));
+        issuers.apply(&config);
+        // Always, with a secret source: a reload may add an SDS-sourced issuer.
+        if let Some(store) = &secrets {
+            background::spawn_issuer_refresh(store.clone(), issuers.clone(), shared.clone());
+        }
         let reloader = Arc::new(Reloader {
             shared: shared.clone(),
             sources,
             ca: ca.clone(),
-            handles: handles.clone(),
+            issuers,
         });
         if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
             background::spawn_root_refresh(store.clone(), reloader.clone());

@@ -1,38 +1,77 @@
 //! `fleet:`: what an edge shares with the other edges of a fleet. For now the external handle
-//! issuers (`fleet.handle_issuers`): each an id and a file of Ed25519 public keys, read when
-//! the config is loaded so a missing or malformed key file refuses the config (at startup,
-//! in `check-config` and on reload) instead of leaving the edge trusting fewer issuers than
-//! written. This module reads the key files; verifying handles is `egress_handle`'s.
+//! issuers (`fleet.handle_issuers`): each an id and its Ed25519 public keys, from a file read
+//! when the config is loaded (so a missing or malformed key file refuses the config at
+//! startup, in `check-config` and on reload instead of leaving the edge trusting fewer
+//! issuers than written) or from a secret of the secret source (`public_key_sds`, read when
+//! delivered, by `state::issuers`). This module reads the key files; verifying handles is
+//! `egress_handle`'s.
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
 
 use egress_handle::{Issuers, VerifyingKey};
 
-use super::HandleIssuer;
-use super::raw::RawIssuer;
+use super::raw::{RawFleet, RawIssuer};
+use super::{FleetConfig, HandleIssuer};
+
+/// `fleet:` typed, or the located problem. `has_secrets`: whether a secret source is
+/// configured (an SDS-delivered key needs one); `handle_max_ttl` is the default overlap, so a
+/// handle signed just before a rotation lives out its life.
+pub(super) fn fleet_from(
+    raw: RawFleet,
+    has_secrets: bool,
+    handle_max_ttl: Duration,
+) -> Result<FleetConfig, (String, String)> {
+    let rotation_overlap = raw.rotation_overlap.map_or(handle_max_ttl, |d| d.0);
+    Ok(FleetConfig {
+        handle_issuers: issuers_from(raw.handle_issuers, has_secrets)?,
+        rotation_overlap,
+    })
+}
+
+/// Reads and checks one file of public keys.
+pub(crate) fn read_keys(path: &Path) -> Result<Vec<VerifyingKey>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    VerifyingKey::from_pem_bundle(&text, path).map_err(|e| e.to_string())
+}
 
 /// The issuers of `fleet.handle_issuers`, or the located problem with one of them.
-pub(super) fn issuers_from(raw: Vec<RawIssuer>) -> Result<Vec<HandleIssuer>, (String, String)> {
+fn issuers_from(
+    raw: Vec<RawIssuer>,
+    has_secrets: bool,
+) -> Result<Vec<HandleIssuer>, (String, String)> {
     let mut ids = BTreeSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let at = format!("fleet.handle_issuers[{i}]");
-        let text = std::fs::read_to_string(&r.public_key).map_err(|e| {
-            (
-                format!("{at}.public_key"),
-                format!("cannot read {}: {e}", r.public_key.display()),
-            )
-        })?;
-        let keys = VerifyingKey::from_pem_bundle(&text, &r.public_key)
-            .map_err(|e| (format!("{at}.public_key"), e.to_string()))?;
-        // The id's syntax is the handle format's; checking it by building the table keeps
-        // one definition of it.
-        let mut probe = Issuers::new();
-        for k in &keys {
-            probe
-                .add(&r.id, k.clone())
-                .map_err(|e| (format!("{at}.id"), e.to_string()))?;
-        }
+        let keys = match (&r.public_key, &r.public_key_sds) {
+            (Some(path), None) => read_keys(path).map_err(|e| (format!("{at}.public_key"), e))?,
+            (None, Some(_)) if !has_secrets => {
+                return Err((
+                    format!("{at}.public_key_sds"),
+                    "needs a secret source (`secrets:`) to deliver the key".to_owned(),
+                ));
+            }
+            (None, Some(_)) => Vec::new(),
+            _ => {
+                return Err((
+                    at,
+                    "give exactly one of public_key (a file) or public_key_sds (a secret name)"
+                        .to_owned(),
+                ));
+            }
+        };
+        // The id's syntax is the handle format's; checking it with the verifier's own table
+        // keeps one definition of it.
+        let probe_key = keys
+            .first()
+            .cloned()
+            .unwrap_or_else(|| VerifyingKey::from_bytes([0; 32]));
+        Issuers::new()
+            .add(&r.id, probe_key)
+            .map_err(|e| (format!("{at}.id"), e.to_string()))?;
         if !ids.insert(r.id.clone()) {
             return Err((
                 format!("{at}.id"),
@@ -46,23 +85,9 @@ pub(super) fn issuers_from(raw: Vec<RawIssuer>) -> Result<Vec<HandleIssuer>, (St
             key_ids: keys.iter().map(VerifyingKey::kid_hex).collect(),
             id: r.id,
             public_key: r.public_key,
+            public_key_sds: r.public_key_sds,
             keys,
         });
     }
     Ok(out)
-}
-
-/// The verifier's table for `issuers` (already validated by [`issuers_from`]).
-pub fn table(issuers: &[HandleIssuer]) -> Issuers {
-    let mut t = Issuers::new();
-    for issuer in issuers {
-        for k in &issuer.keys {
-            // Validated at load: an error here would mean the two checks drifted apart, and
-            // the key is then simply not trusted (closed).
-            if let Err(e) = t.add(&issuer.id, k.clone()) {
-                tracing::error!(issuer = %issuer.id, error = %e, "handle issuer key not trusted");
-            }
-        }
-    }
-    t
 }

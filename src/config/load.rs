@@ -226,9 +226,9 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
     if !(defaults::HANDLE_MAX_TTL_MIN..=defaults::HANDLE_MAX_TTL_MAX).contains(&handle_max_ttl) {
         return err("handles.max_ttl", "must be between 1s and 7d");
     }
-    let handle_issuers = super::fleet::issuers_from(raw.fleet.handle_issuers)?;
+    let fleet = super::fleet::fleet_from(raw.fleet, secrets.is_some(), handle_max_ttl)?;
     let config = Config {
-        handle_issuers,
+        fleet,
         handle_max_ttl,
         dns,
         proxy,

@@ -66,16 +66,30 @@ pub struct Config {
     pub sandboxes: Vec<SandboxConfig>,
     /// Sandboxes that get their own `sandbox` metric label; the rest share `other`.
     pub sandbox_metric_labels: usize,
-    /// External issuers whose handles are accepted (`fleet.handle_issuers`).
-    pub handle_issuers: Vec<HandleIssuer>,
+    /// What this edge shares with a fleet (`fleet:`).
+    pub fleet: FleetConfig,
 }
 
-/// One external handle issuer and the public keys read from its file at load time.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetConfig {
+    /// External issuers whose handles are accepted.
+    pub handle_issuers: Vec<HandleIssuer>,
+    /// How long a key dropped from an issuer's SDS-delivered set stays trusted.
+    #[serde(with = "humantime_serde_compat")]
+    pub rotation_overlap: Duration,
+}
+
+/// One external handle issuer: its keys come from a file (read at load time) or from a
+/// secret of the secret source (read when delivered).
 #[derive(Clone, Debug, Serialize)]
 pub struct HandleIssuer {
     pub id: String,
-    pub public_key: PathBuf,
-    /// The key ids of the keys in the file (what `/v1/config` shows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_sds: Option<String>,
+    /// The key ids of the keys in the file (what `/v1/config` shows); empty for SDS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub key_ids: Vec<String>,
     #[serde(skip)]
     pub keys: Vec<egress_handle::VerifyingKey>,
@@ -267,6 +281,12 @@ impl Config {
             names.insert(secret.clone());
         }
         names.extend(self.upstream.extra_roots_sds.iter().cloned());
+        names.extend(
+            self.fleet
+                .handle_issuers
+                .iter()
+                .filter_map(|i| i.public_key_sds.clone()),
+        );
         names
     }
 

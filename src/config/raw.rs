@@ -88,6 +88,8 @@ pub struct RawFleet {
     /// External issuers whose handles this edge accepts.
     #[serde(default)]
     pub handle_issuers: Vec<RawIssuer>,
+    /// How long a key dropped from an issuer's SDS-delivered set stays trusted.
+    pub rotation_overlap: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,7 +97,9 @@ pub struct RawFleet {
 pub struct RawIssuer {
     pub id: String,
     /// A PEM file of one or more Ed25519 `PUBLIC KEY` blocks (several while a key rotates).
-    pub public_key: PathBuf,
+    pub public_key: Option<PathBuf>,
+    /// Or: the name of a generic secret from the secret source holding such PEM text.
+    pub public_key_sds: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@
 //! it was made with. This folder holds state; it does not serve traffic.
 
 pub mod answers;
+pub mod issuers;
 pub mod reload;
 pub mod sandboxes;
 pub mod snapshot;

@@ -24,19 +24,7 @@ pub struct Reloader {
     pub(crate) sources: Sources,
     pub(crate) ca: Arc<egress_ca::DeploymentCa>,
     /// Takes the reloaded `fleet.handle_issuers`.
-    pub(crate) handles: Arc<egress_handle::HandleAuthority>,
-}
-
-/// Makes `handles` trust exactly `issuers` (at startup and on every accepted reload), and
-/// says so when there are any.
-pub(crate) fn trust_issuers(
-    handles: &egress_handle::HandleAuthority,
-    issuers: &[config::HandleIssuer],
-) {
-    handles.set_issuers(config::fleet::table(issuers));
-    for i in issuers {
-        tracing::info!(issuer = %i.id, key_ids = ?i.key_ids, "accepting handles from issuer");
-    }
+    pub(crate) issuers: Arc<crate::state::issuers::IssuerTrust>,
 }
 
 /// Why a reload was rejected; the previous policy keeps serving.
@@ -103,7 +91,7 @@ impl Reloader {
         // Sandboxes that left the config are closed; those that stay are judged by their new
         // profile from their next request on.
         self.shared.sandboxes.reconcile(&snapshot.config)?;
-        trust_issuers(&self.handles, &snapshot.config.handle_issuers);
+        self.issuers.apply(&snapshot.config);
         self.shared.replace(snapshot);
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -239,9 +240,9 @@ async fn handles_from_a_listed_issuer_are_redeemed_and_the_key_is_chosen_by_issu
     // /v1/config shows the issuers and their key ids.
     let (_, _, cfg) = http_get(env.proxy.admin, "/v1/config", &[]).await;
     let cfg = json(&cfg);
-    assert_eq!(cfg["handle_issuers"][0]["id"], "control");
+    assert_eq!(cfg["fleet"]["handle_issuers"][0]["id"], "control");
     assert_eq!(
-        cfg["handle_issuers"][0]["key_ids"]
+        cfg["fleet"]["handle_issuers"][0]["key_ids"]
             .as_array()
             .unwrap()
             .len(),
@@ -300,6 +301,18 @@ fn an_unreadable_or_malformed_issuer_key_refuses_the_config() {
             format!("    - {{ id: control, public_key: {good}, trust: all }}\n"),
             "trust",
         ),
+        (
+            format!("    - {{ id: control, public_key: {good}, public_key_sds: k }}\n"),
+            "fleet.handle_issuers[0]: give exactly one of public_key",
+        ),
+        (
+            "    - { id: control }\n".to_owned(),
+            "fleet.handle_issuers[0]: give exactly one of public_key",
+        ),
+        (
+            "    - { id: control, public_key_sds: control-keys }\n".to_owned(),
+            "fleet.handle_issuers[0].public_key_sds",
+        ),
     ];
     for (issuers, located) in cases {
         let e = egress_edge::config::parse_str(&config(&issuers), "test.yaml")
@@ -315,4 +328,123 @@ fn an_unreadable_or_malformed_issuer_key_refuses_the_config() {
         )
         .is_ok()
     );
+}
+
+/// The secrets file `sds serve` reads: the credential and the issuer's current public keys.
+fn sds_secrets(path: &Path, keys: &str) {
+    let indented: String = keys.lines().map(|l| format!("      {l}\n")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "secrets:\n  api-key: {{ value: {SECRET} }}\n  control-keys:\n    value: |\n{indented}"
+        ),
+    )
+    .unwrap();
+}
+
+/// Issuer keys delivered over SDS (`public_key_sds`) by a real `sds serve`: the control plane
+/// publishes only its current key; a key it drops stays trusted for `fleet.rotation_overlap`,
+/// then stops; a value that is not a key bundle is refused and the last good keys stay.
+#[tokio::test]
+async fn issuer_keys_over_sds_rotate_with_an_overlap_and_keep_the_last_good_set() {
+    capture_logs();
+    let keys = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        keygen(keys.path(), "old.key"),
+        keygen(keys.path(), "new.key"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("issuers upstream CA");
+    let leaf = pki.leaf(&["api.test"]);
+    let (up, seen) = start_upstream(Some(server_config(&leaf, &[b"http/1.1"]))).await;
+    std::fs::copy(pki.ca_path(), dir.path().join("up-ca.pem")).unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    sds_secrets(&secrets, &public(&old));
+    let sds_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sds_addr = sds_listener.local_addr().unwrap();
+    let server = egress_sds::server::Server::with_listener(sds_listener, &secrets, None).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sds = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    const OVERLAP: Duration = Duration::from_secs(5);
+    let yaml = format!(
+        "state_dir: STATE_DIR
+upstream: {{ extra_roots: [{ca}] }}
+network: {{ allow: [127.0.0.1/32], hosts: {{ api.test: 127.0.0.1 }} }}
+secrets:
+  sds: {{ target: 'http://{sds_addr}', node_id: test-edge, initial_fetch_timeout: 5s }}
+fleet:
+  rotation_overlap: {overlap}s
+  handle_issuers:
+    - {{ id: control, public_key_sds: control-keys }}
+destinations:
+  - {{ host: api.test, ports: [{port}], credential: {{ secret: api-key }}, require_handle: true }}
+",
+        ca = dir.path().join("up-ca.pem").display(),
+        port = up.port(),
+        overlap = OVERLAP.as_secs(),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let env = Env {
+        dir,
+        up,
+        seen,
+        proxy,
+    };
+    let (status, code, out) = env.redeem(&py_mint(&old, "control", &[])).await;
+    assert_eq!((status, code.as_deref()), (200, None), "{out}");
+    assert_eq!(env.upstream_authorization(), format!("Bearer {SECRET}"));
+    let (status, code, _) = env.redeem(&py_mint(&new, "control", &[])).await;
+    assert_eq!((status, code.as_deref()), (403, Some("handle_invalid")));
+
+    // The control plane rotates: only the new key is published.
+    sds_secrets(&secrets, &public(&new));
+    let t0 = Instant::now();
+    loop {
+        if env.redeem(&py_mint(&new, "control", &[])).await.0 == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the new key never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let applied = Instant::now();
+    // Within the overlap the old key's handles still work (fresh ones: no cache involved)...
+    let from_old = py_mint(&old, "control", &[]);
+    assert_eq!(env.redeem(&from_old).await.0, 200, "within the overlap");
+    assert!(applied.elapsed() < OVERLAP, "too slow to test the overlap");
+    // ...and after it they stop, cached verification included.
+    tokio::time::sleep(OVERLAP + Duration::from_millis(500)).await;
+    let (_, code, _) = env.redeem(&from_old).await;
+    assert_eq!(code.as_deref(), Some("handle_invalid"));
+    let (_, code, _) = env.redeem(&py_mint(&old, "control", &[])).await;
+    assert_eq!(code.as_deref(), Some("handle_invalid"));
+
+    // A value that is not a key bundle is refused; the last good key stays in force.
+    let before = env.proxy.metrics().await;
+    let version = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("egress_edge_secret_version{") && l.contains("control-keys"))
+            .map(str::to_owned)
+    };
+    sds_secrets(&secrets, "not a public key");
+    let t0 = Instant::now();
+    while version(&env.proxy.metrics().await) == version(&before) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the update never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.redeem(&py_mint(&new, "control", &[])).await.0, 200);
+    let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).to_string();
+    assert!(
+        logs.contains("issuer key update refused"),
+        "no event for the refused update"
+    );
+    let _ = stop.send(());
+    let _ = sds.await;
 }
