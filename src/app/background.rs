@@ -44,7 +44,7 @@ pub(super) fn spawn_issuer_refresh(
                 r = changes.changed() => if r.is_err() { return },
                 () = stop.cancelled() => return,
             }
-            issuers.apply(&shared.snapshot().config);
+            issuers.refresh();
         }
     });
 }

@@ -162,11 +162,12 @@ impl App {
         let shared = Arc::new(Shared::new(snapshot, Metrics::new()).with_sandboxes(sandboxes));
         background::spawn_revocation_reload(&shared, handles.clone());
         let issuers = Arc::new(IssuerTrust::new(handles.clone(), secrets.clone()));
-        issuers.apply(&config);
-        // Always, with a secret source: a reload may add an SDS-sourced issuer.
+        // Subscribed before the first computation, so a delivery in between is not missed.
+        // Always, with a secret source: a reload may add an issuer whose key it delivers.
         if let Some(store) = &secrets {
             background::spawn_issuer_refresh(store.clone(), issuers.clone(), shared.clone());
         }
+        issuers.apply(&config);
         let reloader = Arc::new(Reloader {
             shared: shared.clone(),
             sources,

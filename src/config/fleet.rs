@@ -15,6 +15,9 @@ use egress_handle::{Issuers, VerifyingKey};
 use super::raw::{RawFleet, RawIssuer};
 use super::{FleetConfig, HandleIssuer};
 
+/// The longest `fleet.rotation_overlap`.
+const MAX_ROTATION_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// `fleet:` typed, or the located problem. `has_secrets`: whether a secret source is
 /// configured (an SDS-delivered key needs one); `handle_max_ttl` is the default overlap, so a
 /// handle signed just before a rotation lives out its life.
@@ -24,6 +27,13 @@ pub(super) fn fleet_from(
     handle_max_ttl: Duration,
 ) -> Result<FleetConfig, (String, String)> {
     let rotation_overlap = raw.rotation_overlap.map_or(handle_max_ttl, |d| d.0);
+    if rotation_overlap > MAX_ROTATION_OVERLAP {
+        return Err((
+            "fleet.rotation_overlap".to_owned(),
+            "at most 30d (a retired key should not outlive the handles it signed by much)"
+                .to_owned(),
+        ));
+    }
     Ok(FleetConfig {
         handle_issuers: issuers_from(raw.handle_issuers, has_secrets)?,
         rotation_overlap,

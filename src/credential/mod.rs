@@ -168,7 +168,6 @@ fn exfiltration(
     audit(
         sandbox,
         None,
-        None,
         credential,
         &base.host,
         "exfiltration_attempt",
@@ -178,20 +177,22 @@ fn exfiltration(
     base.with_cause(cause)
 }
 
+/// One audit event; `claims` once the handle verified (its id, session and issuer).
 fn audit(
     sandbox: Option<&str>,
-    id: Option<&str>,
-    session: Option<&str>,
+    claims: Option<&egress_handle::Claims>,
     credential: &str,
     destination: &str,
     outcome: &str,
     handle: &str,
 ) {
+    let id = claims.map(egress_handle::Claims::id);
     tracing::info!(
         target: AUDIT_TARGET,
         sandbox = sandbox.unwrap_or(""),
-        handle_id = id.unwrap_or(""),
-        session = session.unwrap_or(""),
+        handle_id = id.as_deref().unwrap_or(""),
+        session = claims.and_then(|c| c.session()).unwrap_or(""),
+        issuer = claims.and_then(|c| c.issuer()).unwrap_or(""),
         credential,
         destination,
         outcome,
@@ -232,16 +233,8 @@ impl Injector {
         };
         let secret_name = credential.secret_name();
         // Every audit event of this request names the same sandbox, credential and destination.
-        let say = |id: Option<&str>, session: Option<&str>, outcome: &str, handle: &str| {
-            audit(
-                dest.sandbox,
-                id,
-                session,
-                secret_name,
-                &shown,
-                outcome,
-                handle,
-            );
+        let say = |claims: Option<&egress_handle::Claims>, outcome: &str, handle: &str| {
+            audit(dest.sandbox, claims, secret_name, &shown, outcome, handle);
         };
         if parts.method == http::Method::TRACE {
             // TRACE echoes the request, credential included, back to the guest.
@@ -252,7 +245,7 @@ impl Injector {
         }
         if let Some(bad) = found.iter().find(|f| !f.candidate.is_well_formed()) {
             let defect = bad.candidate.defect().map_or("malformed", |d| d.describe());
-            say(None, None, "handle_invalid", &bad.candidate.redacted());
+            say(None, "handle_invalid", &bad.candidate.redacted());
             metrics.handle("handle_invalid");
             return Err(dest.refusal(
                 Kind::HandleInvalid,
@@ -300,7 +293,7 @@ impl Injector {
         let claims = match self.verify(&token) {
             Ok(c) => c,
             Err(e) => {
-                say(None, None, e.code(), &redacted);
+                say(None, e.code(), &redacted);
                 metrics.handle(e.code());
                 return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle {redacted}")));
             }
@@ -309,12 +302,7 @@ impl Injector {
         if let Some(bound) = claims.sandbox()
             && dest.sandbox != Some(bound)
         {
-            say(
-                Some(&id),
-                claims.session(),
-                "handle_wrong_sandbox",
-                &redacted,
-            );
+            say(Some(&claims), "handle_wrong_sandbox", &redacted);
             metrics.handle("handle_wrong_sandbox");
             let here = dest.sandbox.unwrap_or("no sandbox");
             return Err(dest.refusal(
@@ -332,7 +320,7 @@ impl Injector {
             .map(str::to_owned)
             .unwrap_or_else(|| shown.clone());
         if let Err(e) = claims.authorize(secret_name, &host_only, &method, &path) {
-            say(Some(&id), claims.session(), e.code(), &redacted);
+            say(Some(&claims), e.code(), &redacted);
             metrics.handle(e.code());
             return Err(dest.refusal(Kind::from(&e), &format!("{e}; handle id {id}")));
         }
@@ -342,7 +330,7 @@ impl Injector {
         } else {
             "credential_unavailable"
         };
-        say(Some(&id), claims.session(), label, &redacted);
+        say(Some(&claims), label, &redacted);
         metrics.handle(label);
         outcome.map_err(|e| dest.refusal(Kind::CredentialUnavailable, &e.to_string()))
     }

@@ -2,13 +2,14 @@
 //! config, and from secrets of the secret source (`public_key_sds`) as delivered.
 //!
 //! For an SDS-delivered issuer the control plane publishes only its current keys; a key it
-//! drops stays trusted for `fleet.rotation_overlap` (by default the handle max ttl), so
-//! handles signed just before the rotation live out their life. A delivered value that is
-//! not a bundle of Ed25519 public keys is refused with an error event and the issuer keeps
-//! its last good keys; an issuer whose secret has not arrived yet trusts nothing (closed).
-//! A file-sourced key removed by a reload stops at once (the operator chose the overlap by
-//! keeping both keys in the file). This module computes the table and hands it to the
-//! verifier; it verifies nothing.
+//! drops (or withdraws with the whole secret) stays trusted for `fleet.rotation_overlap`
+//! counted from when it was dropped, using the overlap of the config in force at each
+//! recomputation, so a reload with `rotation_overlap: 0s` ends every overlap at once (the
+//! emergency path for a compromised key). A delivered value that is not a bundle of Ed25519
+//! public keys is refused with an error event and the issuer keeps its last good keys; an
+//! issuer whose secret has not arrived yet trusts nothing (closed). A file-sourced key removed
+//! by a reload stops at once (the operator chose the overlap by keeping both keys in the
+//! file). This module computes the table and hands it to the verifier; it verifies nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,10 +32,33 @@ pub struct IssuerTrust {
 
 #[derive(Debug, Default)]
 struct Tracked {
-    /// The last good keys of each SDS-sourced issuer, and the secret version they came from.
-    current: HashMap<String, (String, Vec<VerifyingKey>)>,
-    /// Keys dropped from an SDS-sourced issuer's set, trusted until the instant.
+    /// The config last applied: what a delivery is judged against (kept under the same lock
+    /// as the rest, so a delivery racing a reload cannot bring an older config back).
+    config: Option<Arc<Config>>,
+    /// The last good keys of each SDS-sourced issuer, with the secret name and version they
+    /// came from (a refused version is recorded too, so it is reported once).
+    current: HashMap<String, Delivered>,
+    /// Keys dropped from an SDS-sourced issuer's set, and when.
     retired: Vec<(String, VerifyingKey, SystemTime)>,
+}
+
+impl Tracked {
+    /// Records what `issuer`'s secret delivered last (`keys`: the ones now in force).
+    fn record(&mut self, issuer: &str, secret: &str, version: String, keys: Vec<VerifyingKey>) {
+        let d = Delivered {
+            secret: secret.to_owned(),
+            version,
+            keys,
+        };
+        self.current.insert(issuer.to_owned(), d);
+    }
+}
+
+#[derive(Debug)]
+struct Delivered {
+    secret: String,
+    version: String,
+    keys: Vec<VerifyingKey>,
 }
 
 impl IssuerTrust {
@@ -46,12 +70,26 @@ impl IssuerTrust {
         }
     }
 
-    /// Recomputes the table for `config` (at startup, on every accepted reload, and whenever
-    /// the secret source delivers) and gives it to the verifier.
-    pub fn apply(&self, config: &Config) {
+    /// Recomputes the table for `config` (at startup and on every accepted reload) and gives
+    /// it to the verifier.
+    pub fn apply(&self, config: &Arc<Config>) {
+        let mut t = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
+        t.config = Some(config.clone());
+        self.recompute(&mut t);
+    }
+
+    /// Recomputes the table for the config last applied (when the secret source delivers).
+    pub fn refresh(&self) {
+        let mut t = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
+        self.recompute(&mut t);
+    }
+
+    fn recompute(&self, t: &mut Tracked) {
+        let Some(config) = t.config.clone() else {
+            return;
+        };
         let now = SystemTime::now();
         let overlap = config.fleet.rotation_overlap;
-        let mut t = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
         let mut table = Issuers::new();
         let mut sds_ids = Vec::new();
         for issuer in &config.fleet.handle_issuers {
@@ -62,49 +100,59 @@ impl IssuerTrust {
                 continue;
             };
             sds_ids.push(issuer.id.clone());
+            let seen = |t: &Tracked, version: &str| {
+                t.current
+                    .get(&issuer.id)
+                    .is_some_and(|d| d.secret == *secret && d.version == version)
+            };
             match self.delivered(secret) {
-                // Already refused (or applied): nothing new.
-                Some((version, Err(_)))
-                    if t.current.get(&issuer.id).map(|(v, _)| v) == Some(&version) => {}
+                None => {
+                    // Withdrawn (a secrets file that no longer has it): its keys retire.
+                    if let Some(gone) = t.current.remove(&issuer.id) {
+                        tracing::warn!(issuer = %issuer.id, secret = %secret, trusted_for = ?overlap, "issuer keys withdrawn by the secret source; retiring them");
+                        t.retired
+                            .extend(gone.keys.into_iter().map(|k| (issuer.id.clone(), k, now)));
+                    }
+                }
+                Some((version, _)) if seen(t, &version) => {}
                 Some((version, Err(e))) => {
                     tracing::error!(issuer = %issuer.id, secret = %secret, version = %version, error = %e, "issuer key update refused; the previous keys stay in force");
-                    // Remember the version so the event is not repeated for it.
                     let keys = t
                         .current
                         .remove(&issuer.id)
-                        .map(|(_, k)| k)
+                        .map(|d| d.keys)
                         .unwrap_or_default();
-                    t.current.insert(issuer.id.clone(), (version, keys));
+                    t.record(&issuer.id, secret, version, keys);
                 }
-                None => {}
                 Some((version, Ok(keys))) => {
                     let previous = t.current.remove(&issuer.id);
-                    let fresh = previous.as_ref().map(|(v, _)| v) != Some(&version);
-                    for k in previous.map(|(_, old)| old).unwrap_or_default() {
+                    for k in previous.map(|d| d.keys).unwrap_or_default() {
                         if !keys.contains(&k) {
                             tracing::info!(issuer = %issuer.id, key_id = %k.kid_hex(), trusted_for = ?overlap, "issuer key retired");
-                            t.retired.push((issuer.id.clone(), k, now + overlap));
+                            t.retired.push((issuer.id.clone(), k, now));
                         }
                     }
-                    if fresh {
-                        let kids: Vec<String> = keys.iter().map(VerifyingKey::kid_hex).collect();
-                        tracing::info!(issuer = %issuer.id, secret = %secret, version = %version, key_ids = ?kids, "issuer keys applied");
-                    }
-                    t.current.insert(issuer.id.clone(), (version, keys));
+                    let kids: Vec<String> = keys.iter().map(VerifyingKey::kid_hex).collect();
+                    tracing::info!(issuer = %issuer.id, secret = %secret, version = %version, key_ids = ?kids, "issuer keys applied");
+                    t.record(&issuer.id, secret, version, keys);
                 }
             }
-            if let Some((_, keys)) = t.current.get(&issuer.id) {
-                for k in keys {
+            if let Some(d) = t.current.get(&issuer.id) {
+                for k in &d.keys {
                     add(&mut table, &issuer.id, k.clone(), None);
                 }
             }
         }
-        // Forget what no longer applies: expired retirements, issuers no longer configured.
+        // Forget what no longer applies: overlaps over (by the overlap in force now), issuers
+        // no longer configured.
+        let until = |retired_at: SystemTime| retired_at.checked_add(overlap);
         t.retired
-            .retain(|(id, _, until)| *until > now && sds_ids.contains(id));
+            .retain(|(id, _, at)| sds_ids.contains(id) && until(*at).is_some_and(|u| u > now));
         t.current.retain(|id, _| sds_ids.contains(id));
-        for (id, k, until) in &t.retired {
-            add(&mut table, id, k.clone(), Some(*until));
+        for (id, k, at) in &t.retired {
+            if let Some(u) = until(*at) {
+                add(&mut table, id, k.clone(), Some(u));
+            }
         }
         self.handles.set_issuers(table);
     }

@@ -279,8 +279,11 @@ pub struct UpstreamStream {
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
         let connected = self.io.connected();
+        // Over `upstream.max_pooled_total`: serve this request, then close. HTTP/2 too (most
+        // real APIs speak it, so exempting it would void the bound); requests that were
+        // waiting to share such a connection open their own
+        // (`bump::an_h2_upstream_over_the_pool_budget_serves_a_concurrent_burst`).
         if !self.counted.poolable() {
-            // Over `upstream.max_pooled_total`: serve this request, then close.
             connected.poison();
         }
         connected

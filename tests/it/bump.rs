@@ -676,6 +676,19 @@ async fn upstream_connections_beyond_max_pooled_total_are_not_kept() {
     }
 }
 
+/// Over `upstream.max_pooled_total` (0 here: every connection is over it and closed after its
+/// request), an HTTP/2 upstream still serves bursts of concurrent requests, none failing:
+/// requests that were waiting to share a connection that turns out not reusable are not lost.
+#[tokio::test]
+async fn an_h2_upstream_over_the_pool_budget_serves_a_concurrent_burst() {
+    let env = bump_env_with(&[b"h2", b"http/1.1"], "max_pooled_total: 0", "").await;
+    for round in 1..=5 {
+        h2_burst(&env, 100, "/small", "hello").await;
+        h2_burst(&env, 40, "/slow", "slow").await;
+        assert_eq!(env.seen.requests.lock().unwrap().len(), 140 * round);
+    }
+}
+
 /// A bump session advertises at most 100 concurrent streams, so one guest connection cannot
 /// put more requests than that in flight upstream.
 #[tokio::test]

@@ -542,13 +542,8 @@ async fn credentials_over_sds_rotate_and_survive_a_server_restart() {
         "secrets.yaml",
         "secrets:\n  openai-key: { value: sk-sds-ONE }\n",
     );
-    let sds_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sds_addr = sds_listener.local_addr().unwrap();
-    let server = egress_sds::server::Server::with_listener(sds_listener, &secrets, None).unwrap();
-    let (stop1, rx1) = tokio::sync::oneshot::channel::<()>();
-    let t1 = tokio::spawn(server.run(async {
-        let _ = rx1.await;
-    }));
+    let sds = Sds::start(&secrets).await;
+    let sds_addr = sds.addr;
     let yaml = format!(
         "state_dir: STATE_DIR
 upstream: {{ extra_roots: [{ca}] }}
@@ -594,8 +589,7 @@ destinations:
     }
     assert!(seen_two, "rotation over SDS never arrived");
     // Kill the SDS server: warm credentials keep working.
-    let _ = stop1.send(());
-    let _ = t1.await;
+    sds.stop().await;
     for _ in 0..3 {
         assert_eq!(
             value(env.get("api.test", "/headers", &[&auth]).await),

@@ -194,6 +194,14 @@ async fn handles_from_a_listed_issuer_are_redeemed_and_the_key_is_chosen_by_issu
         bodies.push(out);
     }
 
+    // The audit event names the issuer.
+    let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).to_string();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(r#""issuer":"control""#) && l.contains(r#""outcome":"redeemed""#)),
+        "no audit event naming the issuer"
+    );
+
     // The key is chosen by the issuer named in the handle, never by key id alone.
     let refused = [
         (
@@ -360,13 +368,8 @@ async fn issuer_keys_over_sds_rotate_with_an_overlap_and_keep_the_last_good_set(
     std::fs::copy(pki.ca_path(), dir.path().join("up-ca.pem")).unwrap();
     let secrets = dir.path().join("secrets.yaml");
     sds_secrets(&secrets, &public(&old));
-    let sds_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sds_addr = sds_listener.local_addr().unwrap();
-    let server = egress_sds::server::Server::with_listener(sds_listener, &secrets, None).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sds = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let sds = Sds::start(&secrets).await;
+    let sds_addr = sds.addr;
     const OVERLAP: Duration = Duration::from_secs(5);
     let yaml = format!(
         "state_dir: STATE_DIR
@@ -416,8 +419,18 @@ destinations:
     let from_old = py_mint(&old, "control", &[]);
     assert_eq!(env.redeem(&from_old).await.0, 200, "within the overlap");
     assert!(applied.elapsed() < OVERLAP, "too slow to test the overlap");
-    // ...and after it they stop, cached verification included.
-    tokio::time::sleep(OVERLAP + Duration::from_millis(500)).await;
+    // ...and a reload with `rotation_overlap: 0s` (the emergency path for a compromised key)
+    // ends it at once, cached verification included.
+    let text = std::fs::read_to_string(&env.proxy.config_path).unwrap();
+    let text = text.replace(
+        &format!("rotation_overlap: {}s", OVERLAP.as_secs()),
+        "rotation_overlap: 0s",
+    );
+    std::fs::write(&env.proxy.config_path, text).unwrap();
+    env.proxy
+        .reloader
+        .reload_file(&env.proxy.config_path)
+        .unwrap();
     let (_, code, _) = env.redeem(&from_old).await;
     assert_eq!(code.as_deref(), Some("handle_invalid"));
     let (_, code, _) = env.redeem(&py_mint(&old, "control", &[])).await;
@@ -445,6 +458,5 @@ destinations:
         logs.contains("issuer key update refused"),
         "no event for the refused update"
     );
-    let _ = stop.send(());
-    let _ = sds.await;
+    sds.stop().await;
 }
