@@ -47,18 +47,25 @@ impl Issuers {
         self.insert(issuer, key, Some(until))
     }
 
+    /// Checks an issuer id's syntax (that of a session name), as [`Issuers::add`] does.
+    pub fn check_id(issuer: &str) -> Result<(), HandleError> {
+        if scope::valid_name(issuer) {
+            Ok(())
+        } else {
+            Err(HandleError::BadRequest(format!(
+                "issuer id {issuer:?} is invalid: use 1 to 128 printable ASCII characters \
+                 without spaces"
+            )))
+        }
+    }
+
     fn insert(
         &mut self,
         issuer: &str,
         key: VerifyingKey,
         until: Option<SystemTime>,
     ) -> Result<(), HandleError> {
-        if !scope::valid_name(issuer) {
-            return Err(HandleError::BadRequest(format!(
-                "issuer id {issuer:?} is invalid: use 1 to 128 printable ASCII characters \
-                 without spaces"
-            )));
-        }
+        Self::check_id(issuer)?;
         let owners = self.by_kid.entry(key.kid()).or_default();
         if let Some(e) = owners
             .iter_mut()
