@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "proto/envoy/extensions/transport_sockets/tls/v3/common.proto",
     "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "proto/envoy/service/secret/v3/sds.proto",
+    "proto/envoy/service/discovery/v3/ads.proto",
+    "proto/egress_edge/fleet/v1/fleet.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -22,8 +22,10 @@ mod body;
 pub mod cli;
 pub mod config;
 mod context;
+pub mod control;
 mod credential;
 mod crypto;
+pub mod fleet;
 mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;

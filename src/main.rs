@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use egress_edge::app::{App, BuildOptions, Listeners};
 use egress_edge::cli::{
@@ -201,6 +200,13 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             tls_cert,
             tls_key,
             client_ca,
+            fleet,
+            admin,
+            admin_token_file,
+            state_dir,
+            grant_ttl,
+            issuer,
+            handle_max_ttl,
         }) => {
             egress_edge::observe::logging::init(
                 &Config::builtin()
@@ -220,15 +226,27 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                     )));
                 }
             }
-            let opts = egress_sds::server::ServeOptions {
-                listen,
-                secrets_file: secrets,
-                tls,
+            let opts = egress_edge::control::ControlOptions {
+                serve: egress_sds::server::ServeOptions {
+                    listen,
+                    secrets_file: secrets,
+                    tls,
+                },
+                fleet_file: fleet,
+                admin,
+                admin_token_file,
+                state_dir,
+                grant_ttl: Some(grant_ttl).filter(|t| !t.is_zero()),
+                issuer,
+                handle_max_ttl,
             };
-            egress_sds::server::serve(opts, shutdown_signal())
+            egress_edge::control::serve(opts, shutdown_signal())
                 .await
-                .context("sds serve")
-                .map_err(Failure::Runtime)
+                .map_err(|e| match e {
+                    egress_edge::control::ControlError::Usage(m)
+                    | egress_edge::control::ControlError::FleetFile(m) => Failure::Config(m),
+                    e => Failure::Runtime(anyhow::Error::new(e).context("sds serve")),
+                })
         }
     }
 }

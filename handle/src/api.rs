@@ -66,7 +66,7 @@ impl Serialize for Minted {
 
 /// What to revoke: one handle by id, or every handle of a session or bound to a sandbox issued
 /// so far.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RevokeTarget {
     /// A handle id (32 hex characters).
     Id(String),

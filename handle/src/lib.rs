@@ -51,7 +51,7 @@ pub use error::HandleError;
 pub use issuers::Issuers;
 pub use keys::{KEY_FILE, KeyRing, PUBLIC_KEY_FILE, SigningKey, VerifyingKey};
 pub use mint::{DEFAULT_MAX_TTL, DEFAULT_TTL, MintRequest, Minted, mint_as_issuer};
-pub use revocation::{REVOCATION_FILE, RevocationList};
+pub use revocation::{REVOCATION_FILE, RevocationEntry, RevocationList};
 pub use scope::{
     MAX_CREDENTIALS, MAX_HOST_LEN, MAX_METHOD_LEN, MAX_METHODS, MAX_NAME_LEN, MAX_PATH_PREFIX_LEN,
     MAX_PATH_PREFIXES,
@@ -65,6 +65,8 @@ pub struct HandleAuthority {
     signing: SigningKey,
     verifier: Verifier,
     max_ttl: Duration,
+    /// Mint as this issuer (`handles.issuer`), so other edges that list it accept the handles.
+    issuer: Option<String>,
 }
 
 impl HandleAuthority {
@@ -90,7 +92,29 @@ impl HandleAuthority {
             signing,
             verifier: Verifier::new(keys, revocations, max_ttl),
             max_ttl,
+            issuer: None,
         })
+    }
+
+    /// Mints from now on as `issuer` (the handle names it, inside the signed payload), so
+    /// that every edge listing this issuer with this key accepts the handles. The caller must
+    /// also trust the own key under that issuer (see [`Issuers::add`]) to verify them here.
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Result<Self, HandleError> {
+        if let Some(id) = &issuer {
+            Issuers::check_id(id)?;
+        }
+        self.issuer = issuer;
+        Ok(self)
+    }
+
+    /// The issuer this authority mints as, if any.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// The public half of the signing key.
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        self.signing.verifying_key()
     }
 
     /// Mints a handle issued now.
@@ -100,7 +124,10 @@ impl HandleAuthority {
 
     /// Mints a handle issued at `now` (tests, deterministic tooling).
     pub fn mint_at(&self, req: &MintRequest, now: SystemTime) -> Result<Minted, HandleError> {
-        mint::mint(&self.signing, req, self.max_ttl, now)
+        match &self.issuer {
+            Some(issuer) => mint_as_issuer(&self.signing, issuer, req, self.max_ttl, now),
+            None => mint::mint(&self.signing, req, self.max_ttl, now),
+        }
     }
 
     /// Verifies a handle at `now`; see [`Verifier::verify`]. Scope is checked separately with
@@ -186,6 +213,7 @@ impl fmt::Debug for HandleAuthority {
             .field("state_dir", &self.state_dir)
             .field("signing", &self.signing)
             .field("max_ttl", &self.max_ttl)
+            .field("issuer", &self.issuer)
             .field("verifier", &self.verifier)
             .finish()
     }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::RevokeTarget;
 use crate::claims::{Claims, hex, parse_id, unix_secs};
 use crate::error::HandleError;
 use crate::fsutil;
@@ -65,6 +66,16 @@ impl Entry {
             prune_after: self.prune_after.max(other.prune_after),
         }
     }
+}
+
+/// One revocation as exchanged between a control plane and its edges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationEntry {
+    pub target: RevokeTarget,
+    /// Unix seconds of the revocation.
+    pub revoked_at: u64,
+    /// Unix seconds after which every handle it could match has expired.
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -315,6 +326,108 @@ impl RevocationList {
             .merge(&disk);
         *seen = Some(stamp);
         Ok(true)
+    }
+
+    /// Every entry remembered now (what a control plane publishes to its edges).
+    pub fn entries(&self) -> Vec<RevocationEntry> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let one = |target: RevokeTarget, e: &Entry| RevocationEntry {
+            target,
+            revoked_at: e.revoked_at,
+            expires_at: e.prune_after,
+        };
+        let mut out: Vec<RevocationEntry> = entries
+            .ids
+            .iter()
+            .map(|(id, e)| one(RevokeTarget::Id(hex(id)), e))
+            .chain(
+                entries
+                    .sessions
+                    .iter()
+                    .map(|(s, e)| one(RevokeTarget::Session(s.clone()), e)),
+            )
+            .chain(
+                entries
+                    .sandboxes
+                    .iter()
+                    .map(|(s, e)| one(RevokeTarget::Sandbox(s.clone()), e)),
+            )
+            .collect();
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        out
+    }
+
+    /// Merges revocations made elsewhere (a control plane), persistently: all are checked
+    /// before any is taken, entries already known with the same or a later time are skipped
+    /// (no write when nothing is new), and an entry is kept at most this list's retention past
+    /// its revocation, whatever expiry it claims. Nothing is ever removed here. Returns how
+    /// many entries were new or moved later.
+    pub fn merge_entries(&self, list: &[RevocationEntry]) -> Result<usize, HandleError> {
+        self.merge_entries_at(list, SystemTime::now())
+    }
+
+    /// [`Self::merge_entries`] at a given time (tests).
+    pub fn merge_entries_at(
+        &self,
+        list: &[RevocationEntry],
+        now: SystemTime,
+    ) -> Result<usize, HandleError> {
+        let now_secs = unix_secs(now);
+        let mut incoming = Entries::default();
+        for r in list {
+            let entry = Entry {
+                revoked_at: r.revoked_at,
+                prune_after: r.expires_at.min(
+                    r.revoked_at
+                        .max(now_secs)
+                        .saturating_add(self.retention.as_secs()),
+                ),
+            };
+            match &r.target {
+                RevokeTarget::Id(id) => {
+                    let parsed = parse_id(id).filter(|p| hex(p) == *id).ok_or_else(|| {
+                        HandleError::BadRequest(
+                            "a revoked handle id is not 32 lowercase hex digits".to_owned(),
+                        )
+                    })?;
+                    merge_into(&mut incoming.ids, parsed, entry);
+                }
+                RevokeTarget::Session(s) | RevokeTarget::Sandbox(s) if !valid_name(s) => {
+                    return Err(HandleError::BadRequest(
+                        "a revoked session or sandbox name is invalid".to_owned(),
+                    ));
+                }
+                RevokeTarget::Session(s) => merge_into(&mut incoming.sessions, s.clone(), entry),
+                RevokeTarget::Sandbox(s) => merge_into(&mut incoming.sandboxes, s.clone(), entry),
+            }
+        }
+        incoming.prune(now_secs);
+        let fresh = {
+            let mine = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            let newer = |have: Option<&Entry>, e: &Entry| {
+                have.is_none_or(|h| h.revoked_at < e.revoked_at || h.prune_after < e.prune_after)
+            };
+            incoming
+                .ids
+                .iter()
+                .filter(|(k, e)| newer(mine.ids.get(*k), e))
+                .count()
+                + incoming
+                    .sessions
+                    .iter()
+                    .filter(|(k, e)| newer(mine.sessions.get(*k), e))
+                    .count()
+                + incoming
+                    .sandboxes
+                    .iter()
+                    .filter(|(k, e)| newer(mine.sandboxes.get(*k), e))
+                    .count()
+        };
+        if fresh == 0 {
+            return Ok(0);
+        }
+        self.update(now, |entries| entries.merge(&incoming))?;
+        Ok(fresh)
     }
 
     fn entry_at(&self, now: SystemTime) -> Entry {

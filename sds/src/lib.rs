@@ -1,5 +1,6 @@
 //! Envoy SDS v3 for egress-edge: the wire types, the secret model shared with the proxy, the
-//! secrets-file source, a subscribing SDS client and the standalone `sds serve` server.
+//! secrets-file source, a subscribing SDS client and the standalone `sds serve` server, plus the
+//! fleet resources a control plane shares with its edges over ADS (`fleet`, `client::ads`).
 //!
 //! It does not decide which request gets which credential (that is the proxy's job) and it
 //! never logs, formats or returns a secret value: values live in [`secret::SecretBytes`].
@@ -7,6 +8,7 @@
 pub mod client;
 pub mod file;
 pub mod file_source;
+pub mod fleet;
 pub mod proto;
 pub mod secret;
 pub mod server;

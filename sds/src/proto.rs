@@ -11,9 +11,17 @@ include!(concat!(env!("OUT_DIR"), "/sds_protos.rs"));
 pub const SECRET_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
+/// Type URL of `envoy.service.discovery.v3.Resource`, the wrapper that carries a TTL.
+pub const RESOURCE_TYPE_URL: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+pub use egress_edge::fleet::v1 as fleet;
 pub use envoy::config::core::v3::{DataSource, Node, data_source::Specifier};
 pub use envoy::extensions::transport_sockets::tls::v3 as tls;
-pub use envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+pub use envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+pub use envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+pub use envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse, Resource};
 pub use envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 pub use envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,

@@ -220,6 +220,9 @@ impl Api {
         match serde_json::to_value(&*snap.config) {
             Ok(mut v) => {
                 v["kill_switch"] = serde_json::Value::Bool(shared.kill.is_enabled());
+                if let Some(fleet) = &shared.fleet {
+                    v["fleet"]["state"] = fleet.view();
+                }
                 v["ca"]["fingerprint_sha256"] =
                     serde_json::Value::String(self.ca.fingerprint_sha256());
                 json(StatusCode::OK, &v)

@@ -8,7 +8,7 @@
 
 pub mod api;
 pub mod guard;
-mod sandboxes;
+pub(crate) mod sandboxes;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -253,15 +253,26 @@ fn readyz(ctx: &AdminCtx) -> Response<Body> {
     let listeners = ctx.ready.load(Ordering::SeqCst);
     let secrets = ctx.api.secrets_ready();
     let draining = ctx.shared.draining.is_cancelled();
-    if listeners && secrets && !draining {
+    let fleet_missing = ctx
+        .shared
+        .fleet
+        .as_ref()
+        .map(|f| f.missing())
+        .unwrap_or_default();
+    if listeners && secrets && fleet_missing.is_empty() && !draining {
         text(StatusCode::OK, "ready\n", "text/plain")
     } else {
         let why = if draining {
-            "draining: shutting down, no new connections"
-        } else if listeners {
-            "secrets not yet delivered"
+            "draining: shutting down, no new connections".to_owned()
+        } else if !listeners {
+            "listeners not yet serving".to_owned()
+        } else if !secrets {
+            "secrets not yet delivered".to_owned()
         } else {
-            "listeners not yet serving"
+            format!(
+                "no acknowledged version yet from the control plane for: {}",
+                fleet_missing.join(", ")
+            )
         };
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -388,8 +399,38 @@ pub async fn read_json<T: for<'de> Deserialize<'de>>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
 }
 
+/// Writes of state that a control plane owns on a fleet edge (`fleet.source`).
+fn fleet_owned(method: &Method, path: &str) -> Option<&'static str> {
+    match (method, path) {
+        (&Method::POST, "/v1/kill-switch") => Some("the kill switch"),
+        (&Method::POST, "/v1/handles/revoke") => Some("revocations"),
+        (&Method::POST, "/v1/sandboxes") => Some("sandboxes"),
+        (&Method::DELETE, p) if p.starts_with("/v1/sandboxes/") => Some("sandboxes"),
+        _ => None,
+    }
+}
+
+/// 409: on a fleet edge the control plane owns `what`; a local write would be overwritten by
+/// its next push, or split the fleet.
+fn fleet_conflict(what: &str, control_plane: &str) -> Response<Body> {
+    json(
+        StatusCode::CONFLICT,
+        &serde_json::json!({
+            "error": "fleet_managed",
+            "detail": format!(
+                "{what} of this edge come from the control plane (fleet.source: sds), so they \
+                 cannot be changed here: send the same request to the control plane's admin API"
+            ),
+            "control_plane": control_plane,
+        }),
+    )
+}
+
 async fn v1(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if let (Some(fleet), Some(what)) = (&ctx.shared.fleet, fleet_owned(req.method(), &path)) {
+        return fleet_conflict(what, &fleet.target);
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/v1/config") => ctx.api.config_json(&ctx.shared),
         (Method::POST, "/v1/kill-switch") => {

@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::state::Shared;
 use crate::state::sandboxes::{Registration, SandboxError};
 
-fn from_error(e: &SandboxError) -> Response<Body> {
+pub(crate) fn from_error(e: &SandboxError) -> Response<Body> {
     let (status, code) = match e {
         SandboxError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         SandboxError::Exists(_) => (StatusCode::CONFLICT, "sandbox_exists"),

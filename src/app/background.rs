@@ -21,8 +21,7 @@ pub(super) fn spawn_root_refresh(store: SecretStore, reloader: Arc<Reloader>) {
                 r = changes.changed() => if r.is_err() { return },
                 () = stop.cancelled() => return,
             }
-            let current = (*reloader.shared.snapshot().config).clone();
-            if let Err(e) = reloader.apply(current) {
+            if let Err(e) = reloader.rebuild() {
                 tracing::warn!(error = %e, "cannot refresh upstream trust roots from the secret source");
             }
         }

@@ -129,10 +129,16 @@ async fn load_ca_inner(
         }
         // The CA exists from the first start whatever the rungs, so guests started before the
         // first bump rule already trust it and a reload can add one. Its name constraints are
-        // the bump hosts of the policy it is first created with (none: unconstrained).
+        // the bump hosts of the policy it is first created with (none: unconstrained). On a
+        // fleet edge the control plane's profiles add bump hosts later, unknown here, so the
+        // CA it generates is unconstrained (bring a constrained CA to have one).
         CaSource::Generated => {
-            let opts =
-                CaOptions::new(deployment_name()).with_permitted(permitted_names(&config.policy));
+            let permitted = if config.fleet.source.is_some() {
+                Vec::new()
+            } else {
+                permitted_names(&config.policy)
+            };
+            let opts = CaOptions::new(deployment_name()).with_permitted(permitted);
             let dir = config.state_dir.clone();
             tokio::task::spawn_blocking(move || DeploymentCa::load_or_create(&dir, &opts))
                 .await

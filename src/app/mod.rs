@@ -119,9 +119,10 @@ impl App {
         let handles = {
             let dir = config.state_dir.clone();
             let ttl = config.handle_max_ttl;
+            let issuer = config.fleet.own_issuer.clone();
             Arc::new(
                 tokio::task::spawn_blocking(move || {
-                    egress_handle::HandleAuthority::open(&dir, ttl)
+                    egress_handle::HandleAuthority::open(&dir, ttl)?.with_issuer(issuer)
                 })
                 .await??,
             )
@@ -159,7 +160,18 @@ impl App {
         let snapshot = Snapshot::build(config.clone(), &sources)?;
         let auth = AdminAuth::load(&config.admin)?;
         let sandboxes = Registry::load(&config)?;
-        let shared = Arc::new(Shared::new(snapshot, Metrics::new()).with_sandboxes(sandboxes));
+        let metrics = Metrics::new();
+        let fleet_status = match (&config.fleet.source, &config.secrets) {
+            (Some(_), Some(crate::config::SecretsConfig::Sds(sds))) => Some(Arc::new(
+                crate::fleet::FleetStatus::new(sds.target.clone(), &metrics),
+            )),
+            _ => None,
+        };
+        let mut shared = Shared::new(snapshot, metrics).with_sandboxes(sandboxes);
+        if let Some(status) = &fleet_status {
+            shared = shared.with_fleet(status.clone());
+        }
+        let shared = Arc::new(shared);
         background::spawn_revocation_reload(&shared, handles.clone());
         let issuers = Arc::new(IssuerTrust::new(handles.clone(), secrets.clone()));
         // Subscribed before the first computation, so a delivery in between is not missed.
@@ -168,12 +180,24 @@ impl App {
             background::spawn_issuer_refresh(store.clone(), issuers.clone(), shared.clone());
         }
         issuers.apply(&config);
-        let reloader = Arc::new(Reloader {
-            shared: shared.clone(),
+        let reloader = Arc::new(Reloader::new(
+            shared.clone(),
             sources,
-            ca: ca.clone(),
+            ca.clone(),
             issuers,
-        });
+            config.clone(),
+        ));
+        if let (Some(status), Some(crate::config::SecretsConfig::Sds(sds))) =
+            (fleet_status, &config.secrets)
+        {
+            let edge = crate::fleet::FleetEdge::new(
+                shared.clone(),
+                handles.clone(),
+                reloader.clone(),
+                status,
+            );
+            egress_sds::client::spawn_fleet_client(crate::fleet::options(sds)?, Arc::new(edge))?;
+        }
         if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
             background::spawn_root_refresh(store.clone(), reloader.clone());
         }

@@ -21,6 +21,8 @@ pub(super) async fn start_secrets(config: &Config) -> Result<Option<SecretStore>
                 egress_sds::file_source::DEFAULT_POLL_INTERVAL,
             )?;
         }
+        // A fleet edge may reference no secret: the server then feeds only the fleet stream.
+        SecretsConfig::Sds(_) if names.is_empty() && config.fleet.source.is_some() => {}
         SecretsConfig::Sds(s) => {
             let target = egress_sds::client::Target::parse(&s.target)?;
             let tls = s.tls.as_ref().map(|t| egress_sds::client::ClientTls {

@@ -204,13 +204,38 @@ pub struct AdminTarget {
 
 #[derive(Debug, Subcommand)]
 pub enum SdsCommand {
-    /// Serve secrets from a watched file over Envoy SDS v3 (StreamSecrets, FetchSecrets).
+    /// Serve secrets from a watched file over Envoy SDS v3 (StreamSecrets, FetchSecrets), and
+    /// the fleet state (revocations, profiles, sandboxes, kill switch) over ADS: the control
+    /// plane of a small fleet.
     Serve {
         /// host:port or unix:///path
         #[arg(long)]
         listen: String,
         #[arg(long)]
         secrets: PathBuf,
+        /// Profiles and sandboxes for every edge: the `profiles:` and `sandboxes:` sections of
+        /// an edge config, watched.
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// Admin API address (revoke, kill switch, sandboxes, handles), pushed to every edge.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token for the admin API (a file, mode 0600); required off loopback.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// Where revocations, sandboxes, the kill switch and the issuer key are kept.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Time to live of grants (profiles, sandboxes) on an edge cut off from this server;
+        /// 0 for none. Revocations and the kill switch never lapse.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        grant_ttl: std::time::Duration,
+        /// The issuer id of handles minted here (edges list it in fleet.handle_issuers).
+        #[arg(long, default_value = "control")]
+        issuer: String,
+        /// Longest lifetime of a handle minted here.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        handle_max_ttl: std::time::Duration,
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use egress_handle::{Issuers, VerifyingKey};
 
-use super::raw::{RawFleet, RawIssuer};
-use super::{FleetConfig, HandleIssuer};
+use super::raw::{RawFleet, RawFleetSource, RawIssuer};
+use super::{FleetConfig, FleetSource, HandleIssuer};
 
 /// The longest `fleet.rotation_overlap`.
 const MAX_ROTATION_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -23,9 +23,26 @@ const MAX_ROTATION_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 /// handle signed just before a rotation lives out its life.
 pub(super) fn fleet_from(
     raw: RawFleet,
-    has_secrets: bool,
+    secrets: Option<&super::SecretsConfig>,
+    own_issuer: Option<String>,
     handle_max_ttl: Duration,
 ) -> Result<FleetConfig, (String, String)> {
+    let has_secrets = secrets.is_some();
+    let source = match raw.source {
+        None => None,
+        Some(RawFleetSource::Sds) if matches!(secrets, Some(super::SecretsConfig::Sds(_))) => {
+            Some(FleetSource::Sds)
+        }
+        Some(RawFleetSource::Sds) => {
+            return Err((
+                "fleet.source".to_owned(),
+                "`sds` needs `secrets.sds`: the fleet state comes from that server".to_owned(),
+            ));
+        }
+    };
+    if let Some(id) = &own_issuer {
+        Issuers::check_id(id).map_err(|e| ("handles.issuer".to_owned(), e.to_string()))?;
+    }
     let rotation_overlap = raw.rotation_overlap.map_or(handle_max_ttl, |d| d.0);
     if rotation_overlap > MAX_ROTATION_OVERLAP {
         return Err((
@@ -35,6 +52,8 @@ pub(super) fn fleet_from(
         ));
     }
     Ok(FleetConfig {
+        source,
+        own_issuer,
         handle_issuers: issuers_from(raw.handle_issuers, has_secrets)?,
         rotation_overlap,
     })

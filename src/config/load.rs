@@ -226,7 +226,12 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
     if !(defaults::HANDLE_MAX_TTL_MIN..=defaults::HANDLE_MAX_TTL_MAX).contains(&handle_max_ttl) {
         return err("handles.max_ttl", "must be between 1s and 7d");
     }
-    let fleet = super::fleet::fleet_from(raw.fleet, secrets.is_some(), handle_max_ttl)?;
+    let fleet = super::fleet::fleet_from(
+        raw.fleet,
+        secrets.as_ref(),
+        raw.handles.issuer,
+        handle_max_ttl,
+    )?;
     let config = Config {
         fleet,
         handle_max_ttl,
@@ -247,6 +252,44 @@ fn from_raw(raw: RawConfig) -> Located<Config> {
         sandbox_metric_labels,
     };
     check_secrets_source(&config)?;
+    Ok(config)
+}
+
+/// A profile delivered by a control plane: `spec` is the body of `profiles.NAME` as in the
+/// config (YAML or JSON), checked exactly as the config's. Errors are located under
+/// `profiles.NAME`.
+pub fn fleet_profile(name: &str, spec: &str) -> Result<(RuleSet, ProfileView), String> {
+    let raw: raw::RawProfile = serde_yaml_ng::from_str(spec)
+        .map_err(|e| format!("profiles.{name}: {}", strip_location(&e.to_string())))?;
+    let (mut sets, mut views) = profiles_from(BTreeMap::from([(name.to_owned(), raw)]))
+        .map_err(|(key, msg)| format!("{key}: {msg}"))?;
+    match (sets.pop_first(), views.pop_first()) {
+        (Some((_, set)), Some((_, view))) => Ok((set, view)),
+        _ => Err(format!("profiles.{name}: not built")),
+    }
+}
+
+/// `base` with `fleet` profiles added beside its own (a name in both is refused: the config's
+/// profile would silently change meaning).
+pub fn with_fleet_profiles(
+    base: &Config,
+    fleet: &BTreeMap<String, (RuleSet, ProfileView)>,
+) -> Result<Config, String> {
+    let mut config = base.clone();
+    if fleet.is_empty() {
+        return Ok(config);
+    }
+    let mut sets = base.policy.profiles().clone();
+    for (name, (set, view)) in fleet {
+        if base.profiles.contains_key(name) {
+            return Err(format!(
+                "profile `{name}` is also defined in this edge's config file"
+            ));
+        }
+        sets.insert(Arc::from(name.as_str()), set.clone());
+        config.profiles.insert(name.clone(), view.clone());
+    }
+    config.policy = Policy::new(base.policy.top().clone(), sets);
     Ok(config)
 }
 

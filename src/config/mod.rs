@@ -19,7 +19,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Serialize;
 
-pub use load::{ConfigError, load_file, parse_str};
+pub use load::{ConfigError, fleet_profile, load_file, parse_str, with_fleet_profiles};
 pub use raw::{ListenAddr, LogFormat};
 pub use sandbox::SandboxConfig;
 
@@ -72,11 +72,23 @@ pub struct Config {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FleetConfig {
+    /// Where the fleet state comes from; `None`: this edge's own admin API and state dir.
+    pub source: Option<FleetSource>,
+    /// The issuer this edge mints its handles as (`handles.issuer`).
+    pub own_issuer: Option<String>,
     /// External issuers whose handles are accepted.
     pub handle_issuers: Vec<HandleIssuer>,
     /// How long a key dropped from an issuer's SDS-delivered set stays trusted.
     #[serde(with = "humantime_serde_compat")]
     pub rotation_overlap: Duration,
+}
+
+/// Where an edge's fleet state (revocations, sandboxes, profiles, kill switch) comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetSource {
+    /// The `secrets.sds` server, over the aggregated discovery service.
+    Sds,
 }
 
 /// One external handle issuer: its keys come from a file (read at load time) or from a

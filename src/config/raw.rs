@@ -85,11 +85,20 @@ pub struct RawMetrics {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFleet {
+    /// Where revocations, sandboxes, profiles and the kill switch come from (`sds`: the
+    /// `secrets.sds` server, over ADS).
+    pub source: Option<RawFleetSource>,
     /// External issuers whose handles this edge accepts.
     #[serde(default)]
     pub handle_issuers: Vec<RawIssuer>,
     /// How long a key dropped from an issuer's SDS-delivered set stays trusted.
     pub rotation_overlap: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFleetSource {
+    Sds,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +116,8 @@ pub struct RawIssuer {
 pub struct RawHandles {
     /// Longest lifetime a handle may be minted with (default 1h).
     pub max_ttl: Option<Dur>,
+    /// Mint as this issuer, so other edges listing it (with this edge's key) accept them.
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

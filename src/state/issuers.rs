@@ -91,6 +91,10 @@ impl IssuerTrust {
         let now = SystemTime::now();
         let overlap = config.fleet.rotation_overlap;
         let mut table = Issuers::new();
+        // The edge's own key, under the issuer it mints as (`handles.issuer`).
+        if let Some(own) = self.handles.issuer() {
+            add(&mut table, own, self.handles.verifying_key().clone(), None);
+        }
         let mut sds_ids = Vec::new();
         for issuer in &config.fleet.handle_issuers {
             let Some(secret) = &issuer.public_key_sds else {

@@ -76,6 +76,9 @@ pub struct Shared {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// The sandboxes guest connections are identified as.
     pub sandboxes: sandboxes::Registry,
+    /// The fleet stream's status when the fleet state comes from a control plane
+    /// (`fleet.source`); the admin API then refuses local writes of that state.
+    pub fleet: Option<Arc<crate::fleet::FleetStatus>>,
 }
 
 impl Shared {
@@ -93,7 +96,14 @@ impl Shared {
             tasks: TaskTracker::new(),
             metrics,
             answers: answers::GuestAnswers::new(ANSWERS_KEPT),
+            fleet: None,
         }
+    }
+
+    /// Marks the fleet state as owned by a control plane, reported through `status`.
+    pub fn with_fleet(mut self, status: Arc<crate::fleet::FleetStatus>) -> Shared {
+        self.fleet = Some(status);
+        self
     }
 
     /// Uses `registry` (loaded from the config and `state_dir`) for identification.

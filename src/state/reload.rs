@@ -8,11 +8,13 @@
 //! Established tunnels keep the snapshot they were decided with; new connections use the new
 //! one. The kill switch lives outside snapshots, so its state survives a reload.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, ProfileView};
+use crate::policy::RuleSet;
 use crate::state::snapshot::{CoverageError, Sources, check_ca_coverage};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::tls::TrustError;
@@ -25,6 +27,18 @@ pub struct Reloader {
     pub(crate) ca: Arc<egress_ca::DeploymentCa>,
     /// Takes the reloaded `fleet.handle_issuers`.
     pub(crate) issuers: Arc<crate::state::issuers::IssuerTrust>,
+    /// What each snapshot is composed of; the lock also serialises every snapshot swap.
+    composed: Mutex<Composition>,
+}
+
+/// Profiles delivered by the control plane, by name, as built from their specs.
+pub type FleetProfiles = BTreeMap<String, (RuleSet, ProfileView)>;
+
+/// The config file's config and the fleet's profiles, composed into the snapshot in force.
+#[derive(Debug)]
+struct Composition {
+    base: Arc<Config>,
+    fleet: FleetProfiles,
 }
 
 /// Why a reload was rejected; the previous policy keeps serving.
@@ -40,11 +54,13 @@ pub enum ReloadError {
     Trust(#[from] TrustError),
     #[error("sandboxes: {0}")]
     Sandboxes(#[from] crate::state::sandboxes::SandboxError),
+    #[error("fleet profiles: {0}")]
+    Fleet(String),
 }
 
 /// The first section that differs and cannot change while serving.
 fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
-    let changed: [(&'static str, bool); 11] = [
+    let changed: [(&'static str, bool); 13] = [
         ("proxy.listen", old.proxy.listen != new.proxy.listen),
         (
             "proxy.transparent",
@@ -65,6 +81,11 @@ fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
         ("secrets", old.secrets != new.secrets),
         ("handles", old.handle_max_ttl != new.handle_max_ttl),
         (
+            "handles.issuer",
+            old.fleet.own_issuer != new.fleet.own_issuer,
+        ),
+        ("fleet.source", old.fleet.source != new.fleet.source),
+        (
             "metrics.sandbox_labels",
             old.sandbox_metric_labels != new.sandbox_metric_labels,
         ),
@@ -73,13 +94,37 @@ fn fixed_section_changed(old: &Config, new: &Config) -> Option<&'static str> {
 }
 
 impl Reloader {
+    /// `base`: the config the running snapshot was built from.
+    pub fn new(
+        shared: Arc<Shared>,
+        sources: Sources,
+        ca: Arc<egress_ca::DeploymentCa>,
+        issuers: Arc<crate::state::issuers::IssuerTrust>,
+        base: Arc<Config>,
+    ) -> Reloader {
+        Reloader {
+            shared,
+            sources,
+            ca,
+            issuers,
+            composed: Mutex::new(Composition {
+                base,
+                fleet: FleetProfiles::new(),
+            }),
+        }
+    }
+
+    fn composition(&self) -> std::sync::MutexGuard<'_, Composition> {
+        self.composed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Validates `new` against the running process and swaps it in.
     pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
+        let mut composition = self.composition();
         let current = self.shared.snapshot().config.clone();
         if let Some(key) = fixed_section_changed(&current, &new) {
             return Err(ReloadError::NeedsRestart(key));
         }
-        check_ca_coverage(Some(&self.ca), &new.policy)?;
         if matches!(new.secrets, Some(config::SecretsConfig::Sds(_)))
             && new.referenced_secrets() != current.referenced_secrets()
         {
@@ -87,7 +132,45 @@ impl Reloader {
                 "the set of secrets subscribed over SDS",
             ));
         }
-        let snapshot = Snapshot::build(Arc::new(new), &self.sources)?;
+        let new = Arc::new(new);
+        self.swap(&new, &composition.fleet)?;
+        composition.base = new;
+        Ok(())
+    }
+
+    /// Rebuilds the snapshot from what it is composed of (after the upstream trust roots from
+    /// the secret source changed).
+    pub fn rebuild(&self) -> Result<(), ReloadError> {
+        let composition = self.composition();
+        self.swap(&composition.base, &composition.fleet)
+    }
+
+    /// Puts the control plane's profiles in force beside the config's.
+    pub fn set_fleet_profiles(&self, fleet: FleetProfiles) -> Result<(), ReloadError> {
+        let mut composition = self.composition();
+        self.swap(&composition.base, &fleet)?;
+        composition.fleet = fleet;
+        Ok(())
+    }
+
+    /// Composes `base` and `fleet`, checks and swaps the result in.
+    fn swap(&self, base: &Config, fleet: &FleetProfiles) -> Result<(), ReloadError> {
+        let composed = config::with_fleet_profiles(base, fleet).map_err(ReloadError::Fleet)?;
+        // The secret subscription is fixed at start: a fleet profile may only use secrets the
+        // config already references (otherwise its requests could never get the credential).
+        let subscribed = base.referenced_secrets();
+        if let Some(missing) = composed
+            .referenced_secrets()
+            .into_iter()
+            .find(|s| !subscribed.contains(s))
+        {
+            return Err(ReloadError::Fleet(format!(
+                "a profile uses secret `{missing}`, which this edge's config does not reference \
+                 (the secret source subscription is fixed at start); reference it in the config"
+            )));
+        }
+        check_ca_coverage(Some(&self.ca), &composed.policy)?;
+        let snapshot = Snapshot::build(Arc::new(composed), &self.sources)?;
         // Sandboxes that left the config are closed; those that stay are judged by their new
         // profile from their next request on.
         self.shared.sandboxes.reconcile(&snapshot.config)?;

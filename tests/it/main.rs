@@ -11,6 +11,7 @@ mod bump;
 mod cli;
 mod deadlines;
 mod dns;
+mod fleet;
 mod foundation;
 mod fuzz_replay;
 mod hiding;

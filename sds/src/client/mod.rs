@@ -4,6 +4,7 @@
 //! It does not serve anything and never drops a secret it already holds: across NACKs,
 //! disconnects and server restarts the last good values stay in the store.
 
+pub mod ads;
 mod connect;
 pub(crate) mod session;
 
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+
+pub use ads::{FleetOptions, FleetSink, Why, spawn_fleet_client};
 
 use crate::error::SdsError;
 use crate::store::SecretStore;

@@ -26,20 +26,20 @@ use crate::store::SecretStore;
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// google.rpc.Code INVALID_ARGUMENT, the code Envoy uses in its NACKs.
-const INVALID_ARGUMENT: i32 = 3;
+pub(crate) const INVALID_ARGUMENT: i32 = 3;
 
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { next: BACKOFF_BASE }
     }
 
     /// Half the nominal delay plus a random half, so that many proxies restarted together do
     /// not reconnect in lockstep.
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let nominal = self.next;
         self.next = (self.next * 2).min(BACKOFF_CAP);
         let half = nominal / 2;
@@ -47,7 +47,7 @@ impl Backoff {
         half + Duration::from_millis(jitter_ms)
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = BACKOFF_BASE;
     }
 }
@@ -76,22 +76,27 @@ impl Ctx {
     }
 }
 
+/// How this client introduces itself (`node`), on the secrets and the fleet streams alike.
+pub(crate) fn node(node_id: &str, cluster: &str) -> Node {
+    let cluster = if cluster.is_empty() {
+        DEFAULT_CLUSTER
+    } else {
+        cluster
+    };
+    Node {
+        id: node_id.to_string(),
+        cluster: cluster.to_string(),
+        user_agent_name: "egress-edge".to_string(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").to_string(),
+        )),
+    }
+}
+
 /// Runs sessions forever (until the task is aborted).
 pub(crate) async fn run(opts: ClientOptions, connector: Connector, store: SecretStore) {
-    let cluster = if opts.cluster.is_empty() {
-        DEFAULT_CLUSTER.to_string()
-    } else {
-        opts.cluster.clone()
-    };
     let ctx = Ctx {
-        node: Node {
-            id: opts.node_id.clone(),
-            cluster,
-            user_agent_name: "egress-edge".to_string(),
-            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
-                env!("CARGO_PKG_VERSION").to_string(),
-            )),
-        },
+        node: node(&opts.node_id, &opts.cluster),
         names: opts.names.iter().cloned().collect(),
         opts,
         connector,
@@ -191,7 +196,7 @@ pub(crate) fn apply_response(
     }
 }
 
-fn status_text(s: &tonic::Status) -> String {
+pub(crate) fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 

@@ -4,6 +4,7 @@
 //! It serves the secrets of a watched secrets file (or of any [`SecretStore`]). It does not
 //! reload its own TLS certificate, and it offers no delta xDS.
 
+mod ads;
 mod io;
 mod service;
 
@@ -20,12 +21,14 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use ads::to_resources;
 pub use io::Listener;
 
 use crate::error::SdsError;
 use crate::file_source::{DEFAULT_POLL_INTERVAL, spawn_file_source};
+use crate::fleet::Published;
 use crate::pem;
-use crate::proto::SecretDiscoveryServiceServer;
+use crate::proto::{AggregatedDiscoveryServiceServer, SecretDiscoveryServiceServer};
 use crate::secret::SecretBytes;
 use crate::store::SecretStore;
 
@@ -167,6 +170,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     store: SecretStore,
     file_source: Option<AbortOnDrop>,
+    /// Fleet resources served over ADS, and the heartbeat that refreshes their TTLs.
+    fleet: Option<(Published, Duration)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -175,6 +180,7 @@ impl std::fmt::Debug for Server {
             .field("listener", &self.listener)
             .field("tls", &self.tls.is_some())
             .field("store", &self.store)
+            .field("fleet", &self.fleet)
             .finish()
     }
 }
@@ -203,6 +209,7 @@ impl Server {
             tls,
             store,
             file_source: Some(task),
+            fleet: None,
         })
     }
 
@@ -235,6 +242,7 @@ impl Server {
             tls: tls.map(ServerTls::acceptor).transpose()?,
             store,
             file_source: None,
+            fleet: None,
         })
     }
 
@@ -244,6 +252,13 @@ impl Server {
             Listener::Tcp(l) => l.local_addr().ok(),
             Listener::Unix(_) => None,
         }
+    }
+
+    /// Also serves `published` over the aggregated discovery service (the control plane's
+    /// fleet resources); TTL-carrying sets are re-sent every `heartbeat`.
+    pub fn with_fleet(mut self, published: Published, heartbeat: Duration) -> Self {
+        self.fleet = Some((published, heartbeat.max(Duration::from_millis(100))));
+        self
     }
 
     pub fn store(&self) -> &SecretStore {
@@ -266,6 +281,13 @@ impl Server {
         let (incoming, accept_task) = io::incoming(self.listener, self.tls);
         let _accept = AbortOnDrop(accept_task);
         let service = service::SdsService::new(self.store, token.clone());
+        let ads = self.fleet.map(|(published, heartbeat)| {
+            AggregatedDiscoveryServiceServer::new(ads::AdsService::new(
+                published,
+                heartbeat,
+                token.clone(),
+            ))
+        });
         let signal = async move {
             shutdown.await;
             token.cancel();
@@ -276,6 +298,7 @@ impl Server {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(SecretDiscoveryServiceServer::new(service))
+            .add_optional_service(ads)
             .serve_with_incoming_shutdown(incoming, signal)
             .await;
         if let Some(path) = unix_path {

@@ -20,7 +20,7 @@ use crate::proto::envoy::config::core::v3::ControlPlane;
 use crate::proto::{DiscoveryRequest, DiscoveryResponse, SECRET_TYPE_URL, SecretDiscoveryService};
 use crate::store::{SecretStore, Snapshot};
 
-const CONTROL_PLANE_ID: &str = "egress-edge-sds";
+pub(crate) const CONTROL_PLANE_ID: &str = "egress-edge-sds";
 
 #[derive(Clone)]
 pub(crate) struct SdsService {
@@ -29,15 +29,23 @@ pub(crate) struct SdsService {
     nonces: Arc<Nonces>,
 }
 
-struct Nonces {
+pub(crate) struct Nonces {
     prefix: String,
     counter: AtomicU64,
 }
 
 impl Nonces {
+    pub(crate) fn new() -> Self {
+        let prefix: u32 = rand::random();
+        Nonces {
+            prefix: format!("{prefix:08x}"),
+            counter: AtomicU64::new(1),
+        }
+    }
+
     // The random prefix keeps nonces unique across server restarts too, so a client's ACK of
     // a previous incarnation's response can never match a new one.
-    fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.prefix)
     }
@@ -45,14 +53,10 @@ impl Nonces {
 
 impl SdsService {
     pub(crate) fn new(store: SecretStore, shutdown: CancellationToken) -> Self {
-        let prefix: u32 = rand::random();
         Self {
             store,
             shutdown,
-            nonces: Arc::new(Nonces {
-                prefix: format!("{prefix:08x}"),
-                counter: AtomicU64::new(1),
-            }),
+            nonces: Arc::new(Nonces::new()),
         }
     }
 }
@@ -101,7 +105,7 @@ fn build_response(names: &BTreeSet<String>, snap: &Snapshot, nonce: String) -> D
     }
 }
 
-fn node_id(req: &DiscoveryRequest) -> String {
+pub(crate) fn node_id(req: &DiscoveryRequest) -> String {
     req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default()
 }
 

@@ -41,6 +41,8 @@ pub const OTHER_LABEL: &str = "other";
 pub enum Origin {
     Config,
     Api,
+    /// Delivered by the control plane (`fleet.source`).
+    Fleet,
 }
 
 /// A registered sandbox. `Debug` never shows its token hash.
@@ -92,6 +94,20 @@ impl Sandbox {
         })
     }
 
+    /// SHA-256 of its proxy token as hex (what a control plane publishes; never the token).
+    pub fn token_sha256(&self) -> Option<String> {
+        self.token.as_ref().map(store::hex)
+    }
+
+    fn registration(&self) -> Registration {
+        Registration {
+            id: self.id.to_string(),
+            profile: self.profile.to_string(),
+            sources: self.sources.iter().map(ToString::to_string).collect(),
+            token: self.token.is_some(),
+        }
+    }
+
     fn stored(&self) -> store::Stored {
         store::Stored {
             id: self.id.to_string(),
@@ -134,6 +150,27 @@ pub enum AuthError {
     Unknown,
     #[error("the proxy token belongs to another sandbox than the connection's source address")]
     Conflict,
+}
+
+/// A sandbox as the control plane delivers it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetSandbox {
+    pub id: String,
+    pub profile: String,
+    pub sources: Vec<String>,
+    /// SHA-256 of its proxy token.
+    pub token: Option<TokenHash>,
+}
+
+impl fmt::Debug for FleetSandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetSandbox")
+            .field("id", &self.id)
+            .field("profile", &self.profile)
+            .field("sources", &self.sources)
+            .field("token", &self.token.is_some())
+            .finish()
+    }
 }
 
 /// What `POST /v1/sandboxes` takes.
@@ -404,17 +441,17 @@ impl Registry {
             .collect();
         let mut next = config_sandboxes(config, &mut labels, &tokens)?;
         for s in current.iter().filter(|s| s.origin == Origin::Api) {
-            let reg = Registration {
-                id: s.id.to_string(),
-                profile: s.profile.to_string(),
-                sources: s.sources.iter().map(ToString::to_string).collect(),
-                token: s.token.is_some(),
-            };
-            check(&reg, &config.policy, &next).map_err(|e| {
+            check(&s.registration(), &config.policy, &next).map_err(|e| {
                 SandboxError::Invalid(format!(
                     "sandbox `{}` registered over the admin API: {e}",
                     s.id
                 ))
+            })?;
+            next.push(s.clone());
+        }
+        for s in current.iter().filter(|s| s.origin == Origin::Fleet) {
+            check_shape(&s.registration(), &next).map_err(|e| {
+                SandboxError::Invalid(format!("sandbox `{}` of the control plane: {e}", s.id))
             })?;
             next.push(s.clone());
         }
@@ -425,6 +462,61 @@ impl Registry {
         }
         self.index.store(Arc::new(Index::build(next)));
         Ok(())
+    }
+
+    /// Takes the control plane's sandboxes (the whole set): checked against the others (ids,
+    /// sources and tokens must not clash) all-or-nothing; one that stays keeps its open
+    /// connections, one that is gone has them closed. Returns the ids removed.
+    pub fn set_fleet(&self, fleet: Vec<FleetSandbox>) -> Result<Vec<Arc<str>>, SandboxError> {
+        let mut labels = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.list();
+        let mut next: Vec<Arc<Sandbox>> = current
+            .iter()
+            .filter(|s| s.origin != Origin::Fleet)
+            .cloned()
+            .collect();
+        for f in fleet {
+            let reg = Registration {
+                id: f.id.clone(),
+                profile: f.profile.clone(),
+                sources: f.sources.clone(),
+                token: f.token.is_some(),
+            };
+            let sources = check_shape(&reg, &next)
+                .map_err(|e| SandboxError::Invalid(format!("sandbox `{}`: {e}", f.id)))?;
+            if let Some(t) = f.token
+                && let Some(other) = next.iter().find(|s| s.token == Some(t))
+            {
+                return Err(SandboxError::Invalid(format!(
+                    "sandbox `{}` has the proxy token of sandbox `{}`",
+                    f.id, other.id
+                )));
+            }
+            let id: Arc<str> = Arc::from(f.id.as_str());
+            let removed = current
+                .iter()
+                .find(|s| s.origin == Origin::Fleet && s.id == id)
+                .map(|s| s.removed.clone())
+                .unwrap_or_default();
+            next.push(Arc::new(Sandbox {
+                label: labels.label(&id),
+                id,
+                profile: Arc::from(f.profile.as_str()),
+                sources,
+                token: f.token,
+                origin: Origin::Fleet,
+                removed,
+            }));
+        }
+        let gone: Vec<Arc<Sandbox>> = current
+            .into_iter()
+            .filter(|s| s.origin == Origin::Fleet && !next.iter().any(|n| n.id == s.id))
+            .collect();
+        self.index.store(Arc::new(Index::build(next)));
+        for s in &gone {
+            s.removed.cancel();
+        }
+        Ok(gone.iter().map(|s| s.id.clone()).collect())
     }
 
     fn persist(&self, all: &[Arc<Sandbox>]) -> Result<(), SandboxError> {
@@ -444,17 +536,23 @@ fn check(
     policy: &Policy,
     existing: &[Arc<Sandbox>],
 ) -> Result<Vec<IpNet>, SandboxError> {
-    if let Some(problem) = id_problem(&reg.id) {
-        return Err(SandboxError::Invalid(problem));
-    }
-    if existing.iter().any(|s| *s.id == *reg.id) {
-        return Err(SandboxError::Exists(reg.id.clone()));
-    }
     if !policy.has_profile(&reg.profile) {
         return Err(SandboxError::Invalid(format!(
             "no profile `{}` in the config",
             reg.profile
         )));
+    }
+    check_shape(reg, existing)
+}
+
+/// [`check`] without the profile: a control plane's sandbox may arrive before its profile
+/// (each resource type travels on its own), and meanwhile the policy allows it nothing.
+fn check_shape(reg: &Registration, existing: &[Arc<Sandbox>]) -> Result<Vec<IpNet>, SandboxError> {
+    if let Some(problem) = id_problem(&reg.id) {
+        return Err(SandboxError::Invalid(problem));
+    }
+    if existing.iter().any(|s| *s.id == *reg.id) {
+        return Err(SandboxError::Exists(reg.id.clone()));
     }
     match (reg.sources.is_empty(), reg.token) {
         (true, false) => {

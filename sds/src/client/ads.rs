@@ -1,0 +1,350 @@
+//! The edge side of the fleet stream: one aggregated (ADS, state of the world) stream to the
+//! same server and with the same identity as the secrets stream, a wildcard subscription to
+//! each [`FleetType`], ACK/NACK per type, TTL bookkeeping, and reconnection with backoff.
+//!
+//! A response is unwrapped (plain messages, or `envoy.service.discovery.v3.Resource` with a
+//! TTL; a wrapper without a body refreshes the TTL of the resource already held under its
+//! name) and handed whole to a [`FleetSink`], which judges it: `Ok` is ACKed, `Err` is NACKed
+//! with its reason and the last good set stays. Grants ([`FleetType::is_grant`]) whose TTL
+//! runs out without a refresh are dropped and the sink is handed the rest (`Why::Lapse`), also
+//! while the stream is down; restrictions are never dropped here. It does not decode the
+//! fleet messages themselves: that is the sink's business.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::connect::Connector;
+use super::session::{Backoff, INVALID_ARGUMENT, node, status_text};
+use super::{ClientTls, Target};
+use crate::error::SdsError;
+use crate::fleet::{FleetType, Item};
+use crate::proto::{
+    AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse, Node, RESOURCE_TYPE_URL,
+    Resource, RpcStatus,
+};
+
+/// How often lapsed grants are looked for.
+const LAPSE_CHECK: Duration = Duration::from_millis(100);
+
+/// Where the fleet stream goes and who the edge is (the `secrets.sds` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetOptions {
+    pub target: Target,
+    pub tls: Option<ClientTls>,
+    pub node_id: String,
+    pub cluster: String,
+}
+
+/// Why a sink is handed a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The control plane sent it (ACK on `Ok`, NACK on `Err`).
+    Update,
+    /// Grants lapsed: the set held minus those whose TTL ran out.
+    Lapse,
+}
+
+/// Receives the fleet state (implemented by the proxy).
+pub trait FleetSink: Send + Sync + 'static {
+    /// The complete set of `ty` at `version`. `Err` rejects it (the reason is sent in the NACK
+    /// and must not contain a secret); the previous set must then stay in force.
+    fn apply(&self, ty: FleetType, version: &str, items: &[Item], why: Why) -> Result<(), String>;
+
+    /// The stream came up (`None`) or went down (with the reason).
+    fn stream(&self, down: Option<&str>);
+}
+
+struct HeldSet {
+    version: String,
+    items: Vec<(Item, Option<Instant>)>,
+}
+
+#[derive(Default)]
+struct Held {
+    sets: BTreeMap<FleetType, HeldSet>,
+}
+
+impl Held {
+    fn version(&self, ty: FleetType) -> String {
+        self.sets
+            .get(&ty)
+            .map(|s| s.version.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Validates the options, loads the TLS material, and spawns the stream and the lapse check.
+/// Abort the handle to stop both.
+pub fn spawn_fleet_client(
+    opts: FleetOptions,
+    sink: Arc<dyn FleetSink>,
+) -> Result<JoinHandle<()>, SdsError> {
+    if opts.node_id.trim().is_empty() {
+        return Err(SdsError::Config(
+            "secrets.sds: node_id must not be empty".into(),
+        ));
+    }
+    let connector = Connector::new(&opts.target, opts.tls.as_ref())?;
+    let held = Arc::new(Mutex::new(Held::default()));
+    Ok(tokio::spawn(async move {
+        tokio::join!(
+            run(&opts, &connector, &held, sink.as_ref()),
+            lapse(&held, sink.as_ref())
+        );
+    }))
+}
+
+async fn run(opts: &FleetOptions, connector: &Connector, held: &Mutex<Held>, sink: &dyn FleetSink) {
+    let node = node(&opts.node_id, &opts.cluster);
+    let mut backoff = Backoff::new();
+    loop {
+        let mut got_response = false;
+        let reason = match session(connector, &node, held, sink, &mut got_response).await {
+            Ok(()) => "server closed the stream".to_owned(),
+            Err(e) => e,
+        };
+        sink.stream(Some(&reason));
+        if got_response {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            target_addr = %opts.target,
+            error = %reason,
+            retry_in = ?delay,
+            "fleet stream down; keeping the fleet state held (grants lapse at their TTL) and reconnecting"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn request(
+    node: &Node,
+    ty: FleetType,
+    version: String,
+    nonce: &str,
+    error: Option<String>,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version,
+        node: Some(node.clone()),
+        resource_names: Vec::new(),
+        type_url: ty.type_url().to_owned(),
+        response_nonce: nonce.to_owned(),
+        error_detail: error.map(|message| RpcStatus {
+            code: INVALID_ARGUMENT,
+            message,
+            details: Vec::new(),
+        }),
+    }
+}
+
+async fn session(
+    connector: &Connector,
+    node: &Node,
+    held: &Mutex<Held>,
+    sink: &dyn FleetSink,
+    got_response: &mut bool,
+) -> Result<(), String> {
+    let channel = connector.connect().await?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(8);
+    for ty in FleetType::ALL {
+        let version = lock(held).version(ty);
+        tx.send(request(node, ty, version, "", None))
+            .await
+            .map_err(|_| "request stream closed".to_owned())?;
+    }
+    let mut inbound = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| status_text(&s))?
+        .into_inner();
+    sink.stream(None);
+    tracing::info!(node = %node.id, "fleet stream open");
+    loop {
+        let response = match inbound.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(status_text(&s)),
+        };
+        *got_response = true;
+        let Some(ty) = FleetType::from_type_url(&response.type_url) else {
+            tracing::warn!(type_url = %response.type_url, "fleet stream: response of a type not subscribed; ignored");
+            continue;
+        };
+        let error = receive(ty, &response, held, sink).err();
+        let version = lock(held).version(ty);
+        tx.send(request(node, ty, version, &response.nonce, error))
+            .await
+            .map_err(|_| "request stream closed".to_owned())?;
+    }
+}
+
+/// Unwraps, hands to the sink and, when it accepts, holds the set. `Err` is the NACK reason.
+fn receive(
+    ty: FleetType,
+    response: &DiscoveryResponse,
+    held: &Mutex<Held>,
+    sink: &dyn FleetSink,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let mut held = lock(held);
+    let unwrapped = unwrap(ty, response, held.sets.get(&ty));
+    let result = unwrapped.and_then(|items| {
+        sink.apply(ty, &response.version_info, &items, Why::Update)?;
+        Ok(items)
+    });
+    match result {
+        Ok(items) => {
+            let count = items.len();
+            let items = items
+                .into_iter()
+                .map(|i| {
+                    let deadline = i.ttl.filter(|_| ty.is_grant()).map(|t| now + t);
+                    (i, deadline)
+                })
+                .collect();
+            held.sets.insert(
+                ty,
+                HeldSet {
+                    version: response.version_info.clone(),
+                    items,
+                },
+            );
+            tracing::debug!(r#type = %ty, version = %response.version_info, resources = count, "fleet update accepted");
+            Ok(())
+        }
+        Err(reason) => {
+            tracing::debug!(r#type = %ty, version = %response.version_info, error = %reason, "fleet update NACKed");
+            Err(reason)
+        }
+    }
+}
+
+/// The items of a response, or why it is rejected.
+fn unwrap(
+    ty: FleetType,
+    response: &DiscoveryResponse,
+    held: Option<&HeldSet>,
+) -> Result<Vec<Item>, String> {
+    let mut out: Vec<Item> = Vec::with_capacity(response.resources.len());
+    for (i, any) in response.resources.iter().enumerate() {
+        let item = if any.type_url == RESOURCE_TYPE_URL {
+            let r = Resource::decode(any.value.as_slice())
+                .map_err(|e| format!("resource #{i} does not decode as a Resource: {e}"))?;
+            if r.name.is_empty() {
+                return Err(format!("resource #{i}: a wrapped resource needs a name"));
+            }
+            let ttl = match r.ttl {
+                None => None,
+                Some(d) if d.seconds >= 0 && d.nanos >= 0 && (d.seconds > 0 || d.nanos > 0) => {
+                    Some(Duration::new(
+                        d.seconds.unsigned_abs(),
+                        d.nanos.unsigned_abs(),
+                    ))
+                }
+                Some(_) => return Err(format!("resource {:?}: ttl must be positive", r.name)),
+            };
+            let value = match r.resource {
+                Some(body) if body.type_url == ty.type_url() => body.value,
+                Some(body) => {
+                    return Err(format!(
+                        "resource {:?} has type_url {}, not {}",
+                        r.name,
+                        body.type_url,
+                        ty.type_url()
+                    ));
+                }
+                // A heartbeat: the TTL of what is held under that name is refreshed.
+                None => held
+                    .and_then(|h| h.items.iter().find(|(it, _)| it.name == r.name))
+                    .map(|(it, _)| it.value.clone())
+                    .ok_or_else(|| {
+                        format!(
+                            "resource {:?}: a TTL refresh for a resource not held",
+                            r.name
+                        )
+                    })?,
+            };
+            Item {
+                name: r.name,
+                value,
+                ttl,
+            }
+        } else if any.type_url == ty.type_url() {
+            // Unwrapped: the name is inside the message, which the sink decodes.
+            Item {
+                name: String::new(),
+                value: any.value.clone(),
+                ttl: None,
+            }
+        } else {
+            return Err(format!(
+                "resource #{i} has type_url {}, not {}",
+                any.type_url,
+                ty.type_url()
+            ));
+        };
+        if !item.name.is_empty() && out.iter().any(|o| o.name == item.name) {
+            return Err(format!("resource {:?} appears twice", item.name));
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Drops grants whose TTL ran out and hands the sink what is left.
+async fn lapse(held: &Mutex<Held>, sink: &dyn FleetSink) {
+    let mut tick = tokio::time::interval(LAPSE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut held = lock(held);
+        for (ty, set) in &mut held.sets {
+            let before = set.items.len();
+            let lapsed: Vec<String> = set
+                .items
+                .iter()
+                .filter(|(_, d)| d.is_some_and(|d| d <= now))
+                .map(|(i, _)| i.name.clone())
+                .collect();
+            if lapsed.is_empty() {
+                continue;
+            }
+            let remaining: Vec<Item> = set
+                .items
+                .iter()
+                .filter(|(_, d)| !d.is_some_and(|d| d <= now))
+                .map(|(i, _)| i.clone())
+                .collect();
+            match sink.apply(*ty, &set.version, &remaining, Why::Lapse) {
+                Ok(()) => {
+                    set.items.retain(|(_, d)| !d.is_some_and(|d| d <= now));
+                    tracing::warn!(
+                        r#type = %ty,
+                        version = %set.version,
+                        ?lapsed,
+                        before,
+                        after = set.items.len(),
+                        "fleet grants lapsed: not refreshed by the control plane within their TTL"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(r#type = %ty, error = %e, "lapsing fleet grants failed; retrying")
+                }
+            }
+        }
+    }
+}
+
+fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,179 @@
+//! The edge's side of a fleet (`fleet.source: sds`): revocations, profiles, sandboxes and the
+//! kill switch as delivered by the control plane over the aggregated xDS stream, applied to
+//! this edge's state.
+//!
+//! - Revocations are merged into the revocation list (persisted in `state_dir`); an entry the
+//!   control plane stops listing stays until its own expiry, so nothing is ever unrevoked here.
+//! - Profiles are composed with the config's into the policy snapshot (a name in both is
+//!   refused); sandboxes replace the previous fleet set (those gone have their tunnels and
+//!   sessions closed). Both are grants: the control plane gives them a TTL, and on an edge cut
+//!   off from it they lapse (a sandbox without its profile is allowed nothing).
+//! - The kill switch follows the control plane; a stream that is down changes nothing.
+//!
+//! An update that does not decode or does not fit is refused whole (NACK) and the previous
+//! one stays. Every applied or refused update is logged and counted (`status`). Transport is
+//! `egress_sds::client::ads`; this module does not speak gRPC, and it does not serve the admin
+//! API's writes (those answer 409 on a fleet edge).
+
+pub mod decode;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use egress_handle::HandleAuthority;
+use egress_sds::client::{FleetOptions, FleetSink, Why};
+use egress_sds::fleet::{FleetType, Item};
+
+use crate::config::{self, SdsConfig};
+use crate::state::Shared;
+use crate::state::reload::{FleetProfiles, Reloader};
+
+pub use status::FleetStatus;
+
+/// Applies fleet updates to one edge.
+#[derive(Debug)]
+pub struct FleetEdge {
+    shared: Arc<Shared>,
+    handles: Arc<HandleAuthority>,
+    reloader: Arc<Reloader>,
+    status: Arc<FleetStatus>,
+    /// The items last applied per type: a heartbeat that repeats them is not re-applied.
+    applied: Mutex<BTreeMap<FleetType, Vec<Item>>>,
+    /// The items last rejected per type, and why: a heartbeat that repeats them gets the
+    /// same answer without another log line or count.
+    rejected: Mutex<BTreeMap<FleetType, (Vec<Item>, String)>>,
+}
+
+impl FleetEdge {
+    pub fn new(
+        shared: Arc<Shared>,
+        handles: Arc<HandleAuthority>,
+        reloader: Arc<Reloader>,
+        status: Arc<FleetStatus>,
+    ) -> FleetEdge {
+        FleetEdge {
+            shared,
+            handles,
+            reloader,
+            status,
+            applied: Mutex::default(),
+            rejected: Mutex::default(),
+        }
+    }
+
+    fn apply_type(&self, ty: FleetType, items: &[Item]) -> Result<(), String> {
+        match ty {
+            FleetType::Revocation => {
+                let list = decode::revocations(items)?;
+                let fresh = self
+                    .handles
+                    .revocations()
+                    .merge_entries(&list)
+                    .map_err(|e| e.to_string())?;
+                if fresh > 0 {
+                    tracing::warn!(target: crate::credential::AUDIT_TARGET, new = fresh, total = list.len(), "revocations from the control plane in force");
+                }
+                Ok(())
+            }
+            FleetType::Profile => {
+                let mut built = FleetProfiles::new();
+                for (name, spec) in decode::profiles(items)? {
+                    let profile = config::fleet_profile(&name, &spec)?;
+                    built.insert(name, profile);
+                }
+                self.reloader
+                    .set_fleet_profiles(built)
+                    .map_err(|e| e.to_string())
+            }
+            FleetType::Sandbox => {
+                let list = decode::sandboxes(items)?;
+                let policy = self.shared.snapshot();
+                for s in &list {
+                    if !policy.config.policy.has_profile(&s.profile) {
+                        tracing::warn!(sandbox = %s.id, profile = %s.profile, "fleet sandbox names a profile not (yet) known: it is allowed nothing until the profile arrives");
+                    }
+                }
+                let gone = self
+                    .shared
+                    .sandboxes
+                    .set_fleet(list)
+                    .map_err(|e| e.to_string())?;
+                for id in gone {
+                    tracing::warn!(target: crate::credential::AUDIT_TARGET, sandbox = %id, "sandbox withdrawn by the control plane (or its grant lapsed): its tunnels and sessions are closed");
+                }
+                Ok(())
+            }
+            FleetType::KillSwitch => {
+                let ks = decode::kill_switch(items)?;
+                let on = ks.as_ref().is_some_and(|k| k.enabled);
+                if on != self.shared.kill.is_enabled() {
+                    let reason = ks.map(|k| k.reason).unwrap_or_default();
+                    tracing::warn!(enabled = on, %reason, "kill switch set by the control plane");
+                }
+                self.shared.kill.set(on);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FleetSink for FleetEdge {
+    fn apply(&self, ty: FleetType, version: &str, items: &[Item], why: Why) -> Result<(), String> {
+        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rejected = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((items_then, why_not)) = rejected.get(&ty)
+            && items_then.as_slice() == items
+        {
+            return Err(why_not.clone());
+        }
+        let repeat = applied.get(&ty).is_some_and(|a| a.as_slice() == items);
+        let result = if repeat {
+            Ok(())
+        } else {
+            self.apply_type(ty, items)
+        };
+        match &result {
+            Ok(()) => {
+                applied.insert(ty, items.to_vec());
+                rejected.remove(&ty);
+            }
+            Err(e) => {
+                rejected.insert(ty, (items.to_vec(), e.clone()));
+            }
+        }
+        if !repeat || !self.status.is_current(ty, version) {
+            self.status.record(ty, version, items.len(), why, &result);
+            match (&result, why) {
+                (Ok(()), Why::Update) => {
+                    tracing::info!(r#type = %ty, %version, resources = items.len(), "fleet update applied");
+                }
+                (Ok(()), Why::Lapse) => {
+                    tracing::debug!(r#type = %ty, %version, resources = items.len(), "fleet grants lapsed");
+                }
+                (Err(e), _) => {
+                    tracing::warn!(r#type = %ty, %version, error = %e, "fleet update rejected (NACK); the previous version stays in force");
+                }
+            }
+        }
+        result
+    }
+
+    fn stream(&self, down: Option<&str>) {
+        self.status.stream(down);
+    }
+}
+
+/// The fleet stream's settings: the `secrets.sds` server and identity.
+pub fn options(sds: &SdsConfig) -> Result<FleetOptions, egress_sds::SdsError> {
+    Ok(FleetOptions {
+        target: egress_sds::client::Target::parse(&sds.target)?,
+        tls: sds.tls.as_ref().map(|t| egress_sds::client::ClientTls {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
+        node_id: sds.node_id.clone(),
+        cluster: sds.cluster.clone(),
+    })
+}
