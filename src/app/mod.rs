@@ -190,6 +190,7 @@ impl App {
         if let (Some(status), Some(crate::config::SecretsConfig::Sds(sds))) =
             (fleet_status, &config.secrets)
         {
+            crate::fleet::restore_kill_switch(&shared);
             let edge = crate::fleet::FleetEdge::new(
                 shared.clone(),
                 handles.clone(),

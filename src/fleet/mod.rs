@@ -112,6 +112,7 @@ impl FleetEdge {
                     tracing::warn!(enabled = on, %reason, "kill switch set by the control plane");
                 }
                 self.shared.kill.set(on);
+                persist_kill_switch(&self.shared, on);
                 Ok(())
             }
         }
@@ -161,6 +162,34 @@ impl FleetSink for FleetEdge {
 
     fn stream(&self, down: Option<&str>) {
         self.status.stream(down);
+    }
+}
+
+/// Where a fleet edge remembers the control plane's kill switch, so that an edge restarted
+/// while the control plane is unreachable starts with it still on.
+const KILL_FILE: &str = "fleet-kill-switch";
+
+fn persist_kill_switch(shared: &Shared, on: bool) {
+    let path = shared.snapshot().config.state_dir.join(KILL_FILE);
+    let result = if on {
+        std::fs::write(&path, b"on\n")
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(path = %path.display(), error = %e, "cannot record the fleet kill switch; a restart before the control plane is reachable would start with it off");
+    }
+}
+
+/// At start: turns the kill switch on if the control plane had it on when last heard.
+pub fn restore_kill_switch(shared: &Shared) {
+    let path = shared.snapshot().config.state_dir.join(KILL_FILE);
+    if path.exists() {
+        tracing::warn!(path = %path.display(), "the control plane's kill switch was on when last heard: on until it says otherwise");
+        shared.kill.set(true);
     }
 }
 

@@ -256,6 +256,10 @@ fn fleet_file(port: u16, extra_profile: &str) -> String {
 }
 
 async fn fleet() -> Fleet {
+    fleet_of(&["edge-a", "edge-b", "edge-c"]).await
+}
+
+async fn fleet_of(names: &[&'static str]) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = Pki::new("fleet upstream CA");
@@ -265,9 +269,8 @@ async fn fleet() -> Fleet {
 
     // Keys made beforehand, as an operator would: each edge's own (it mints as issuer
     // `fleet`) and the control plane's (issuer `control`), all published over SDS.
-    let names = ["edge-a", "edge-b", "edge-c"];
     let mut bundle = String::new();
-    for n in names {
+    for n in names.iter().copied() {
         keygen(&d.join(n).join("handle-key.pem"));
         bundle.push_str(&std::fs::read_to_string(d.join(n).join("handle-key.pem.pub")).unwrap());
     }
@@ -286,7 +289,7 @@ async fn fleet() -> Fleet {
     let cp = ControlPlane::start(d, &secrets, &fleet_path).await;
 
     let mut edges = Vec::new();
-    for name in names {
+    for name in names.iter().copied() {
         let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
         let state = d.join(name);
         let config = write(
@@ -708,4 +711,179 @@ async fn three_edges_follow_one_control_plane() {
     for leak in [SECRET, handle.as_str(), handle2.as_str()] {
         assert!(!logs.contains(leak), "a secret or handle reached a log");
     }
+}
+
+impl Edge {
+    /// Stops this edge and starts it again from the same config and state dir.
+    async fn restart(&mut self, dir: &Path) {
+        self.process.kill();
+        let config = dir.join(format!("{}.yaml", self.name));
+        self.process = Process::spawn(
+            Command::new(BIN).arg("run").arg("--config").arg(&config),
+            dir.join(format!("{}-2.log", self.name)),
+        );
+        let admin = self.admin;
+        until(Duration::from_secs(20), "edge back", || async move {
+            request(admin, "GET", "/healthz", "").await.is_some()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_restarted_while_the_control_plane_is_away_keeps_its_kill_switch() {
+    let mut f = fleet_of(&["edge-k"]).await;
+    let (status, _) = post(f.cp.admin, "/v1/kill-switch", r#"{"enabled":true}"#).await;
+    assert_eq!(status, 200);
+    let url = f.api("/small");
+    let e = &f.edges[0];
+    until(Duration::from_secs(2), "kill switch on", || {
+        let url = url.clone();
+        async move { e.curl(&url, &[]).await.1.as_deref() == Some("kill_switch") }
+    })
+    .await;
+    f.cp.process.kill();
+    let dir = f.dir.path().to_path_buf();
+    f.edges[0].restart(&dir).await;
+    let e = &f.edges[0];
+    assert_eq!(e.curl(&url, &[]).await.1.as_deref(), Some("kill_switch"));
+    // Not ready: nothing came from the control plane since the restart.
+    let (status, body) = request(e.admin, "GET", "/readyz", "").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    // The control plane back with the switch off: the edge follows.
+    f.cp.restart().await;
+    let (status, _) = post(f.cp.admin, "/v1/kill-switch", r#"{"enabled":false}"#).await;
+    assert_eq!(status, 200);
+    until(Duration::from_secs(10), "kill switch off again", || {
+        let url = url.clone();
+        async move { e.curl(&url, &[]).await.1.as_deref() == Some("handle_required") }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_control_plane_refuses_unsafe_or_broken_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secrets = write(d, "secrets.yaml", "secrets:\n  k: { value: v }\n");
+    let edge_only = write(d, "edge-only.yaml", "proxy: { listen: 127.0.0.1:3128 }\n");
+    let bad_profile = write(
+        d,
+        "bad.yaml",
+        "sandboxes:\n  - { id: s, profile: nowhere, sources: [10.0.0.1/32] }\n",
+    );
+    let state = d.join("state");
+    let token = token_file(d, "token", "0123456789abcdef-admin", 0o600);
+    let loose = token_file(d, "loose", "0123456789abcdef-admin", 0o644);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--admin".into(), "127.0.0.1:1".into()], "--state-dir"),
+        (
+            vec![
+                "--admin".into(),
+                "0.0.0.0:1".into(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ],
+            "--admin-token-file",
+        ),
+        (
+            vec![
+                "--admin".into(),
+                "127.0.0.1:1".into(),
+                "--state-dir".into(),
+                state.display().to_string(),
+                "--admin-token-file".into(),
+                loose.display().to_string(),
+            ],
+            "chmod 600",
+        ),
+        (
+            vec![
+                "--fleet".into(),
+                edge_only.display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ],
+            "does not belong in a fleet file",
+        ),
+        (
+            vec![
+                "--fleet".into(),
+                bad_profile.display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ],
+            "nowhere",
+        ),
+        (vec!["--grant-ttl".into(), "10ms".into()], "--grant-ttl"),
+    ];
+    for (extra, want) in cases {
+        let out = Command::new(BIN)
+            .args(["sds", "serve", "--listen", "127.0.0.1:0", "--secrets"])
+            .arg(&secrets)
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err} should mention {want}");
+    }
+
+    // With a token, the admin API wants it; the public key is public.
+    let admin = loopback(free_port());
+    let mut cp = ControlPlane {
+        process: Process::spawn(
+            Command::new(BIN)
+                .args(["sds", "serve", "--listen", "127.0.0.1:0", "--secrets"])
+                .arg(&secrets)
+                .args(["--admin", &admin.to_string()])
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--admin-token-file")
+                .arg(&token),
+            d.join("cp.log"),
+        ),
+        sds: loopback(0),
+        admin,
+        args: Vec::new(),
+        dir: d.to_path_buf(),
+    };
+    cp.wait_up().await;
+    let (status, _) = post(admin, "/v1/kill-switch", r#"{"enabled":true}"#).await;
+    assert_eq!(status, 401);
+    let with = |t: &str| format!("Bearer {t}");
+    let r = admin_post(
+        admin,
+        "/v1/kill-switch",
+        r#"{"enabled":true}"#,
+        &[("Authorization", &with("wrong-token-0000000"))],
+    )
+    .await;
+    assert_eq!(r.0, 401);
+    let r = admin_post(
+        admin,
+        "/v1/kill-switch",
+        r#"{"enabled":true}"#,
+        &[("Authorization", &with("0123456789abcdef-admin"))],
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.2);
+    let r = admin_post(
+        admin,
+        "/v1/kill-switch",
+        r#"{"enabled":true}"#,
+        &[
+            ("Authorization", &with("0123456789abcdef-admin")),
+            ("Origin", "http://evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.0, 403, "a foreign Origin is refused even with the token");
+    let (status, pem) = request(admin, "GET", "/handle-key.pub", "").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(pem.contains("BEGIN PUBLIC KEY"));
+    assert_eq!(
+        pem,
+        std::fs::read_to_string(state.join("handle-key.pub")).unwrap()
+    );
 }

@@ -348,3 +348,123 @@ async fn lapse(held: &Mutex<Held>, sink: &dyn FleetSink) {
 fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
     held.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Any;
+    use crate::proto::google::protobuf::Duration as PbDuration;
+
+    const TY: FleetType = FleetType::Sandbox;
+
+    fn plain(value: &[u8]) -> Any {
+        Any {
+            type_url: TY.type_url().to_owned(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn wrapped(name: &str, body: Option<Any>, ttl: Option<(i64, i32)>) -> Any {
+        Any {
+            type_url: RESOURCE_TYPE_URL.to_owned(),
+            value: Resource {
+                version: String::new(),
+                resource: body,
+                name: name.to_owned(),
+                aliases: Vec::new(),
+                ttl: ttl.map(|(seconds, nanos)| PbDuration { seconds, nanos }),
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    fn response(resources: Vec<Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: "v".into(),
+            resources,
+            type_url: TY.type_url().to_owned(),
+            nonce: "n".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unwrap_table() {
+        let held = HeldSet {
+            version: "v0".into(),
+            items: vec![(
+                Item {
+                    name: "kept".into(),
+                    value: b"old body".to_vec(),
+                    ttl: Some(Duration::from_secs(1)),
+                },
+                None,
+            )],
+        };
+        // Plain and wrapped resources, with and without TTL; a body-less wrapper refreshes
+        // what is held under its name.
+        let items = unwrap(
+            TY,
+            &response(vec![
+                plain(b"a"),
+                wrapped("b", Some(plain(b"b")), Some((2, 500))),
+                wrapped("kept", None, Some((5, 0))),
+            ]),
+            Some(&held),
+        )
+        .unwrap();
+        assert_eq!(items[0].name, "");
+        assert_eq!(items[1].ttl, Some(Duration::new(2, 500)));
+        assert_eq!(items[2].value, b"old body");
+        assert_eq!(items[2].ttl, Some(Duration::from_secs(5)));
+
+        let bad: Vec<(Vec<Any>, &str)> = vec![
+            (vec![wrapped("x", None, Some((1, 0)))], "not held"),
+            (vec![wrapped("", Some(plain(b"x")), None)], "needs a name"),
+            (
+                vec![wrapped("x", Some(plain(b"x")), Some((-1, 0)))],
+                "positive",
+            ),
+            (
+                vec![wrapped("x", Some(plain(b"x")), Some((0, 0)))],
+                "positive",
+            ),
+            (
+                vec![
+                    wrapped("x", Some(plain(b"x")), None),
+                    wrapped("x", Some(plain(b"y")), None),
+                ],
+                "twice",
+            ),
+            (
+                vec![Any {
+                    type_url: FleetType::Profile.type_url().to_owned(),
+                    value: Vec::new(),
+                }],
+                "not type.googleapis.com/egress_edge.fleet.v1.Sandbox",
+            ),
+            (
+                vec![wrapped(
+                    "x",
+                    Some(Any {
+                        type_url: FleetType::KillSwitch.type_url().to_owned(),
+                        value: Vec::new(),
+                    }),
+                    None,
+                )],
+                "has type_url",
+            ),
+            (
+                vec![Any {
+                    type_url: RESOURCE_TYPE_URL.to_owned(),
+                    value: vec![0xff; 3],
+                }],
+                "does not decode",
+            ),
+        ];
+        for (resources, want) in bad {
+            let e = unwrap(TY, &response(resources), Some(&held)).unwrap_err();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+    }
+}
