@@ -286,9 +286,7 @@ impl Api {
         match self.handles.revoke(&target) {
             Ok(()) => {
                 tracing::info!(target: crate::credential::AUDIT_TARGET, revoked = ?target, "handle revoked");
-                let mut r = Response::new(crate::body::full(""));
-                *r.status_mut() = StatusCode::NO_CONTENT;
-                r
+                crate::admin::no_content()
             }
             Err(e) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
         }

@@ -202,11 +202,22 @@ where
         .await;
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, ctype: &'static str) -> Response<Body> {
+pub(crate) fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    ctype: &'static str,
+) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+/// 204, for writes that have nothing to return.
+pub(crate) fn no_content() -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
 

@@ -92,9 +92,7 @@ pub async fn remove(
     match done {
         Ok(Ok(gone)) => {
             tracing::warn!(target: crate::credential::AUDIT_TARGET, sandbox = %gone.id, "sandbox removed: its tunnels and sessions are closed and its handles revoked");
-            let mut r = Response::new(crate::body::full(""));
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            r
+            crate::admin::no_content()
         }
         Ok(Err(e)) => from_error(&e),
         Err(e) => error(

@@ -10,7 +10,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{ControlState, Kill};
-use crate::admin::{error, guard, json, read_json};
-use crate::body::{Body, full};
+use crate::admin::{error, guard, json, no_content, read_json, text};
+use crate::body::Body;
 use crate::state::sandboxes::Registration;
 
 /// What the admin handlers share.
@@ -61,20 +60,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminCtx>, stop: Cancellation
                 .await;
         });
     }
-}
-
-fn no_content() -> Response<Body> {
-    let mut r = Response::new(full(""));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>, ctype: &'static str) -> Response<Body> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
-    r
 }
 
 #[allow(clippy::result_large_err)]

@@ -11,12 +11,12 @@
 //! - The kill switch follows the control plane; a stream that is down changes nothing.
 //!
 //! An update that does not decode or does not fit is refused whole (NACK) and the previous
-//! one stays. Every applied or refused update is logged and counted (`status`). Transport is
+//! one stays. Every applied or refused update is logged and counted
+//! ([`FleetStatus`]). Transport is
 //! `egress_sds::client::ads`; this module does not speak gRPC, and it does not serve the admin
 //! API's writes (those answer 409 on a fleet edge).
 
 pub mod decode;
-pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +29,7 @@ use crate::config::{self, SdsConfig};
 use crate::state::Shared;
 use crate::state::reload::{FleetProfiles, Reloader};
 
-pub use status::FleetStatus;
+pub use crate::state::fleet_status::FleetStatus;
 
 /// Applies fleet updates to one edge.
 #[derive(Debug)]

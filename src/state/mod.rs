@@ -6,6 +6,7 @@
 //! it was made with. This folder holds state; it does not serve traffic.
 
 pub mod answers;
+pub mod fleet_status;
 pub mod issuers;
 pub mod reload;
 pub mod sandboxes;
@@ -78,7 +79,7 @@ pub struct Shared {
     pub sandboxes: sandboxes::Registry,
     /// The fleet stream's status when the fleet state comes from a control plane
     /// (`fleet.source`); the admin API then refuses local writes of that state.
-    pub fleet: Option<Arc<crate::fleet::FleetStatus>>,
+    pub fleet: Option<Arc<fleet_status::FleetStatus>>,
 }
 
 impl Shared {
@@ -101,7 +102,7 @@ impl Shared {
     }
 
     /// Marks the fleet state as owned by a control plane, reported through `status`.
-    pub fn with_fleet(mut self, status: Arc<crate::fleet::FleetStatus>) -> Shared {
+    pub fn with_fleet(mut self, status: Arc<fleet_status::FleetStatus>) -> Shared {
         self.fleet = Some(status);
         self
     }
