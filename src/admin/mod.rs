@@ -410,29 +410,35 @@ pub async fn read_json<T: for<'de> Deserialize<'de>>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
 }
 
-/// Writes of state that a control plane owns on a fleet edge (`fleet.source`).
+/// Writes of state that a control plane owns on a fleet edge (`fleet.source`), named for the
+/// answer.
 fn fleet_owned(method: &Method, path: &str) -> Option<&'static str> {
     match (method, path) {
-        (&Method::POST, "/v1/kill-switch") => Some("the kill switch"),
-        (&Method::POST, "/v1/handles/revoke") => Some("revocations"),
-        (&Method::POST, "/v1/sandboxes") => Some("sandboxes"),
-        (&Method::DELETE, p) if p.starts_with("/v1/sandboxes/") => Some("sandboxes"),
+        (&Method::POST, "/v1/kill-switch") => Some("the kill switch is"),
+        (&Method::POST, "/v1/handles/revoke") => Some("revocations are"),
+        (&Method::POST, "/v1/sandboxes") => Some("sandboxes are"),
+        (&Method::DELETE, p) if p.starts_with("/v1/sandboxes/") => Some("sandboxes are"),
         _ => None,
     }
 }
 
 /// 409: on a fleet edge the control plane owns `what`; a local write would be overwritten by
 /// its next push, or split the fleet.
-fn fleet_conflict(what: &str, control_plane: &str) -> Response<Body> {
+fn fleet_conflict(what: &str, fleet: &crate::state::fleet_status::FleetStatus) -> Response<Body> {
+    let to = fleet
+        .admin_url
+        .as_deref()
+        .map_or_else(String::new, |u| format!(" at {u}"));
     json(
         StatusCode::CONFLICT,
         &serde_json::json!({
             "error": "fleet_managed",
             "detail": format!(
-                "{what} of this edge come from the control plane (fleet.source: sds), so they \
-                 cannot be changed here: send the same request to the control plane's admin API"
+                "on this edge {what} managed by the control plane (fleet.source: sds) and cannot \
+                 be changed here: send the same request to the control plane's admin API{to}"
             ),
-            "control_plane": control_plane,
+            "control_plane": fleet.target,
+            "control_plane_admin": fleet.admin_url,
         }),
     )
 }
@@ -440,7 +446,7 @@ fn fleet_conflict(what: &str, control_plane: &str) -> Response<Body> {
 async fn v1(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if let (Some(fleet), Some(what)) = (&ctx.shared.fleet, fleet_owned(req.method(), &path)) {
-        return fleet_conflict(what, &fleet.target);
+        return fleet_conflict(what, fleet);
     }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/v1/config") => ctx.api.config_json(&ctx.shared),

@@ -162,9 +162,13 @@ impl App {
         let sandboxes = Registry::load(&config)?;
         let metrics = Metrics::new();
         let fleet_status = match (&config.fleet.source, &config.secrets) {
-            (Some(_), Some(crate::config::SecretsConfig::Sds(sds))) => Some(Arc::new(
-                crate::fleet::FleetStatus::new(sds.target.clone(), &metrics),
-            )),
+            (Some(_), Some(crate::config::SecretsConfig::Sds(sds))) => {
+                Some(Arc::new(crate::fleet::FleetStatus::new(
+                    sds.target.clone(),
+                    config.fleet.control_plane_admin.clone(),
+                    &metrics,
+                )))
+            }
             _ => None,
         };
         let mut shared = Shared::new(snapshot, metrics).with_sandboxes(sandboxes);

@@ -40,6 +40,23 @@ pub(super) fn fleet_from(
             ));
         }
     };
+    if let Some(url) = &raw.control_plane_admin {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return Err((
+                "fleet.control_plane_admin".to_owned(),
+                "an http:// or https:// URL of the control plane's admin API".to_owned(),
+            ));
+        }
+        if source.is_none() {
+            return Err((
+                "fleet.control_plane_admin".to_owned(),
+                "only means something with `fleet.source`".to_owned(),
+            ));
+        }
+    }
     if let Some(id) = &own_issuer {
         Issuers::check_id(id).map_err(|e| ("handles.issuer".to_owned(), e.to_string()))?;
     }
@@ -53,6 +70,7 @@ pub(super) fn fleet_from(
     }
     Ok(FleetConfig {
         source,
+        control_plane_admin: raw.control_plane_admin,
         own_issuer,
         handle_issuers: issuers_from(raw.handle_issuers, has_secrets)?,
         rotation_overlap,

@@ -19,7 +19,9 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Serialize;
 
-pub use load::{ConfigError, fleet_profile, load_file, parse_str, with_fleet_profiles};
+pub use load::{
+    ConfigError, fleet_profile, load_file, parse_fleet_str, parse_str, with_fleet_profiles,
+};
 pub use raw::{ListenAddr, LogFormat};
 pub use sandbox::SandboxConfig;
 
@@ -74,6 +76,8 @@ pub struct Config {
 pub struct FleetConfig {
     /// Where the fleet state comes from; `None`: this edge's own admin API and state dir.
     pub source: Option<FleetSource>,
+    /// Where writes of fleet state go instead (`fleet.control_plane_admin`).
+    pub control_plane_admin: Option<String>,
     /// The issuer this edge mints its handles as (`handles.issuer`).
     pub own_issuer: Option<String>,
     /// External issuers whose handles are accepted.

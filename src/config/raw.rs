@@ -88,6 +88,8 @@ pub struct RawFleet {
     /// Where revocations, sandboxes, profiles and the kill switch come from (`sds`: the
     /// `secrets.sds` server, over ADS).
     pub source: Option<RawFleetSource>,
+    /// The control plane's admin API (http(s)://host:port), named in this edge's 409 answers.
+    pub control_plane_admin: Option<String>,
     /// External issuers whose handles this edge accepts.
     #[serde(default)]
     pub handle_issuers: Vec<RawIssuer>,

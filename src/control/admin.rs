@@ -28,6 +28,8 @@ pub struct AdminCtx {
     pub state: Arc<ControlState>,
     /// SHA-256 of the admin token, when one is required.
     pub token: Option<[u8; 32]>,
+    /// Without a token, `Host` must name loopback or this listener (no DNS rebinding).
+    pub transport: guard::AdminTransport,
 }
 
 impl std::fmt::Debug for AdminCtx {
@@ -65,7 +67,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminCtx>, stop: Cancellation
 #[allow(clippy::result_large_err)]
 fn admit(req: &Request<Incoming>, ctx: &AdminCtx) -> Result<(), Response<Body>> {
     let refuse = |r: guard::Refusal| error(r.status(), r.code(), "refused by the admin guard");
-    guard::check_origin(req.headers(), guard::request_authority(req), false).map_err(refuse)?;
+    let authority = guard::request_authority(req);
+    guard::check_origin(req.headers(), authority, false).map_err(refuse)?;
+    if ctx.token.is_none() {
+        guard::check_host(authority, &ctx.transport).map_err(refuse)?;
+    }
     if let Some(want) = &ctx.token {
         let presented = req
             .headers()

@@ -153,7 +153,14 @@ pub async fn serve(
                 .await
                 .map_err(|source| ControlError::Bind { addr, source })?;
             tracing::info!(%addr, "control plane admin API listening");
-            let ctx = Arc::new(admin::AdminCtx { state, token });
+            let transport = crate::admin::guard::AdminTransport::Tcp {
+                addrs: vec![addr.ip()],
+            };
+            let ctx = Arc::new(admin::AdminCtx {
+                state,
+                token,
+                transport,
+            });
             tokio::spawn(admin::serve(listener, ctx, stop.clone()));
         }
     }

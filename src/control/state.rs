@@ -107,7 +107,7 @@ fn load_fleet(file: Option<&Path>, dir: &Path) -> Result<FleetFile, String> {
             }
         }
     }
-    let mut config = config::parse_str(text.as_deref().unwrap_or_default(), &origin)
+    let mut config = config::parse_fleet_str(text.as_deref().unwrap_or_default(), &origin)
         .map_err(|e| e.to_string())?;
     config.state_dir = dir.to_path_buf();
     Ok(FleetFile {

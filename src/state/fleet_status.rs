@@ -62,8 +62,10 @@ struct State {
 /// The fleet stream's status, shared by the sink and the admin API.
 #[derive(Debug)]
 pub struct FleetStatus {
-    /// The control plane, for `/readyz` and for the 409 answers of the admin API.
+    /// The control plane's xDS server, and its admin API when configured, for the 409 answers
+    /// of this edge's admin API.
     pub target: String,
+    pub admin_url: Option<String>,
     state: Mutex<State>,
     updates: Family<UpdateLabels, Counter<u64, AtomicU64>>,
     resources: Family<TypeLabel, Gauge<i64, AtomicI64>>,
@@ -72,9 +74,10 @@ pub struct FleetStatus {
 }
 
 impl FleetStatus {
-    pub fn new(target: String, metrics: &Metrics) -> FleetStatus {
+    pub fn new(target: String, admin_url: Option<String>, metrics: &Metrics) -> FleetStatus {
         let status = FleetStatus {
             target,
+            admin_url,
             state: Mutex::default(),
             updates: Family::default(),
             resources: Family::default(),

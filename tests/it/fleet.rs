@@ -306,6 +306,7 @@ secrets:
 handles: {{ issuer: fleet }}
 fleet:
   source: sds
+  control_plane_admin: http://{cp_admin}
   handle_issuers:
     - {{ id: fleet, public_key_sds: fleet-handle-keys }}
     - {{ id: control, public_key_sds: control-handle-key }}
@@ -318,6 +319,7 @@ destinations:
                 state = state.display(),
                 ca = d.join("up-ca.pem").display(),
                 sds = cp.sds,
+                cp_admin = cp.admin,
                 port = up.port(),
             ),
         );
@@ -483,7 +485,29 @@ async fn three_edges_follow_one_control_plane() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["error"], "fleet_managed");
         assert_eq!(v["control_plane"], format!("http://{}", f.cp.sds));
+        assert_eq!(v["control_plane_admin"], format!("http://{}", f.cp.admin));
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&f.cp.admin.to_string())
+        );
     }
+
+    // Without a token, the control plane's admin API takes loopback `Host`s only (no DNS
+    // rebinding from a browser on the operator's machine).
+    let r = admin_raw(
+        f.cp.admin,
+        "POST",
+        "/v1/kill-switch",
+        &[
+            ("Host", "rebound.example"),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    assert_eq!(r.0, 403, "{}", r.2);
 
     // A revocation posted to the control plane is refused on all three within 1 s.
     let t0 = Instant::now();
@@ -829,13 +853,21 @@ async fn the_control_plane_refuses_unsafe_or_broken_settings() {
         assert!(err.contains(want), "{extra:?}: {err} should mention {want}");
     }
 
-    // With a token, the admin API wants it; the public key is public.
+    // With a token, the admin API wants it; the public key is public. A fleet profile may
+    // carry credentials: the edges hold the secrets, not the fleet file.
+    let fleet = write(
+        d,
+        "fleet.yaml",
+        "profiles:\n  ai:\n    destinations:\n      - { host: api.example, credential: { secret: k } }\n",
+    );
     let admin = loopback(free_port());
     let mut cp = ControlPlane {
         process: Process::spawn(
             Command::new(BIN)
                 .args(["sds", "serve", "--listen", "127.0.0.1:0", "--secrets"])
                 .arg(&secrets)
+                .arg("--fleet")
+                .arg(&fleet)
                 .args(["--admin", &admin.to_string()])
                 .arg("--state-dir")
                 .arg(&state)
@@ -849,6 +881,19 @@ async fn the_control_plane_refuses_unsafe_or_broken_settings() {
         dir: d.to_path_buf(),
     };
     cp.wait_up().await;
+    let r = admin_raw(
+        admin,
+        "GET",
+        "/v1/fleet",
+        &[
+            ("Host", &admin.to_string()),
+            ("Authorization", "Bearer 0123456789abcdef-admin"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.2);
+    assert_eq!(json(&r.2)["types"]["profiles"]["resources"], 1);
     let (status, _) = post(admin, "/v1/kill-switch", r#"{"enabled":true}"#).await;
     assert_eq!(status, 401);
     let with = |t: &str| format!("Bearer {t}");

@@ -222,6 +222,19 @@ fn receive(
             Ok(())
         }
         Err(reason) => {
+            // The control plane is alive and still grants what it names: the grants held (the
+            // previous version, which stays in force) keep their lease as a heartbeat would
+            // renew it, instead of lapsing on a connected edge while the fix is under way.
+            if ty.is_grant()
+                && let Some(set) = held.sets.get_mut(&ty)
+            {
+                for (name, ttl) in leases(response) {
+                    for (item, deadline) in set.items.iter_mut().filter(|(i, _)| i.name == name) {
+                        item.ttl = Some(ttl);
+                        *deadline = Some(now + ttl);
+                    }
+                }
+            }
             tracing::debug!(r#type = %ty, version = %response.version_info, error = %reason, "fleet update NACKed");
             Err(reason)
         }
@@ -298,6 +311,21 @@ fn unwrap(
         out.push(item);
     }
     Ok(out)
+}
+
+/// The names and TTLs of the wrapped resources of a response that decode that far.
+fn leases(response: &DiscoveryResponse) -> Vec<(String, Duration)> {
+    response
+        .resources
+        .iter()
+        .filter(|a| a.type_url == RESOURCE_TYPE_URL)
+        .filter_map(|a| Resource::decode(a.value.as_slice()).ok())
+        .filter_map(|r| {
+            let d = r.ttl?;
+            let ttl = Duration::new(u64::try_from(d.seconds).ok()?, u32::try_from(d.nanos).ok()?);
+            (!r.name.is_empty() && !ttl.is_zero()).then_some((r.name, ttl))
+        })
+        .collect()
 }
 
 /// Drops grants whose TTL ran out and hands the sink what is left.

@@ -173,6 +173,22 @@ async fn fleet_types_are_pushed_nacked_kept_alive_lapsed_and_resubscribed() {
         "nothing lapsed while connected"
     );
 
+    // A refused update of the grants keeps the previous ones in force, and alive: the server
+    // is there and still names them.
+    *sink.refuse.lock().unwrap() = Some("sbx-bad".into());
+    published.set(
+        FleetType::Sandbox,
+        vec![item("sbx-1", ttl), item("sbx-bad", ttl)],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.names(FleetType::Sandbox).unwrap(), ["sbx-1"]);
+    assert!(
+        !sink.calls.lock().unwrap().iter().any(|c| c.3 == Why::Lapse),
+        "a refused update does not let the held grants lapse while connected"
+    );
+    *sink.refuse.lock().unwrap() = None;
+    published.set(FleetType::Sandbox, vec![item("sbx-1", ttl)]);
+
     // Server gone: the grant lapses within its TTL (plus the check period), restrictions stay.
     server.stop().await;
     let gone = Instant::now();
