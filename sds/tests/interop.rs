@@ -1,133 +1,30 @@
 //! Interoperability with code generated from Envoy's published protos by someone else: the
-//! PyPI packages `xds-protos` and `grpcio`, installed once into a venv under the target dir.
+//! PyPI packages `xds-protos` and `grpcio`, installed once into a venv under the target dir
+//! (`support/python.rs`, shared with the edge's fleet interop test).
 //! (a) a Python client fetches and streams from our server; (b) our client consumes a Python
 //! SDS server, including a rotation and a NACK.
 //!
 //! Without `python3` the tests skip with a message; a failing `pip install` fails them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/python.rs"]
+mod python;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use egress_sds::client::{ClientOptions, Target, spawn_client};
 use egress_sds::server::{Listen, ServeOptions, Server};
 use egress_sds::{Secret, SecretStore};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-const LINE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The venv's python, or None when python3 is absent. Installed once per target dir.
-fn venv_python() -> Option<PathBuf> {
-    static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
-    VENV.get_or_init(|| {
-        if std::process::Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIP interop: python3 not found on PATH");
-            return None;
-        }
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../interop-venv");
-        let python = venv.join("bin/python");
-        let ready = || {
-            std::process::Command::new(&python)
-                .args([
-                    "-c",
-                    "import grpc; from envoy.service.secret.v3 import sds_pb2_grpc",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if !ready() {
-            let out = std::process::Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "python3 -m venv failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let out = std::process::Command::new(venv.join("bin/pip"))
-                .args([
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "grpcio",
-                    "xds-protos",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "pip install grpcio xds-protos failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(ready(), "xds-protos installed but does not import");
-        }
-        Some(python)
-    })
-    .clone()
-}
+use python::{LINE_TIMEOUT, Lines, venv_python};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(name)
-}
-
-/// Stdout lines of a child, read in the background.
-struct Lines {
-    rx: mpsc::UnboundedReceiver<String>,
-}
-
-impl Lines {
-    fn spawn(child: &mut Child) -> Self {
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { rx }
-    }
-
-    async fn next(&mut self) -> String {
-        tokio::time::timeout(LINE_TIMEOUT, self.rx.recv())
-            .await
-            .expect("timed out waiting for the python process")
-            .expect("python process closed stdout (see its stderr above)")
-    }
-
-    async fn next_json(&mut self) -> Value {
-        let line = self.next().await;
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    /// Skips lines until one satisfies `pred`.
-    async fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let v = tokio::time::timeout(LINE_TIMEOUT, self.next_json())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
 }
 
 fn secrets_yaml(n: u32, dir: &Path) -> String {

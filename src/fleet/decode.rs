@@ -55,9 +55,15 @@ pub fn revocations(items: &[Item]) -> Result<Vec<RevocationEntry>, String> {
             Ok(Kind::Session) => ("session", RevokeTarget::Session(r.key.clone())),
             Ok(Kind::Sandbox) => ("sandbox", RevokeTarget::Sandbox(r.key.clone())),
             Ok(Kind::Unspecified) | Err(_) => {
+                // Unwrapped, the resource has no name of its own: the key identifies it.
+                let which = if item.name.is_empty() {
+                    format!("with key {:?}", r.key)
+                } else {
+                    format!("{:?}", item.name)
+                };
                 return Err(format!(
-                    "revocation {:?}: kind must be ID, SESSION or SANDBOX",
-                    item.name
+                    "revocation {which}: kind must be ID, SESSION or SANDBOX, not {}",
+                    r.kind
                 ));
             }
         };
@@ -172,7 +178,11 @@ mod tests {
         let cases: Vec<(Vec<Item>, &str)> = vec![
             (
                 vec![item("x", &rev(Kind::Unspecified, "a"))],
-                "kind must be",
+                "revocation \"x\": kind must be",
+            ),
+            (
+                vec![item("", &rev(Kind::Unspecified, "a"))],
+                "revocation with key \"a\": kind must be ID, SESSION or SANDBOX, not 0",
             ),
             (
                 vec![item("session/b", &rev(Kind::Session, "a"))],

@@ -12,6 +12,7 @@ mod cli;
 mod deadlines;
 mod dns;
 mod fleet;
+mod fleet_interop;
 mod foundation;
 mod fuzz_replay;
 mod hiding;
