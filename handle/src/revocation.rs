@@ -359,9 +359,11 @@ impl RevocationList {
 
     /// Merges revocations made elsewhere (a control plane), persistently: all are checked
     /// before any is taken, entries already known with the same or a later time are skipped
-    /// (no write when nothing is new), and an entry is kept at most this list's retention past
-    /// its revocation, whatever expiry it claims. Nothing is ever removed here. Returns how
-    /// many entries were new or moved later.
+    /// (no write when nothing is new), and an entry is kept for this list's own retention
+    /// counted from its revocation, whatever expiry the sender claims: the sender may allow shorter handle
+    /// lifetimes than this process accepts, and its expiry would end the revocation while
+    /// handles it covers still live here. Nothing is ever removed here. Returns how many
+    /// entries were new or moved later.
     pub fn merge_entries(&self, list: &[RevocationEntry]) -> Result<usize, HandleError> {
         self.merge_entries_at(list, SystemTime::now())
     }
@@ -377,11 +379,7 @@ impl RevocationList {
         for r in list {
             let entry = Entry {
                 revoked_at: r.revoked_at,
-                prune_after: r.expires_at.min(
-                    r.revoked_at
-                        .max(now_secs)
-                        .saturating_add(self.retention.as_secs()),
-                ),
+                prune_after: r.revoked_at.saturating_add(self.retention.as_secs()),
             };
             match &r.target {
                 RevokeTarget::Id(id) => {

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use egress_handle::{
     DEFAULT_MAX_TTL, HandleAuthority, HandleError, KEY_FILE, KeyRing, MintRequest, PUBLIC_KEY_FILE,
-    REVOCATION_FILE, RevocationList, Verifier, VerifyingKey,
+    REVOCATION_FILE, RevocationEntry, RevocationList, RevokeTarget, Verifier, VerifyingKey,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -380,4 +380,61 @@ fn shared_types_are_send_and_sync() {
     check::<HandleAuthority>();
     check::<Verifier>();
     check::<RevocationList>();
+}
+
+#[test]
+fn merged_revocations_last_this_list_s_retention_and_are_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let list = RevocationList::load(&dir.path().join(REVOCATION_FILE), day).unwrap();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let id = "0123456789abcdef0123456789abcdef";
+    // The sender keeps it 1 h (its own handle lifetime); this list accepts handles of a day.
+    let from_sender = RevocationEntry {
+        target: RevokeTarget::Id(id.into()),
+        revoked_at: secs(t0),
+        expires_at: secs(t0) + 3600,
+    };
+    assert_eq!(
+        list.merge_entries_at(std::slice::from_ref(&from_sender), t0).unwrap(),
+        1
+    );
+    assert_eq!(
+        list.merge_entries_at(std::slice::from_ref(&from_sender), t0).unwrap(),
+        0,
+        "nothing new: no write"
+    );
+    // Two hours later, past the sender's expiry, a write (which prunes) keeps it.
+    let later = t0 + Duration::from_secs(2 * 3600);
+    let other = RevocationEntry {
+        target: RevokeTarget::Session("s-2".into()),
+        revoked_at: secs(later),
+        expires_at: secs(later) + 3600,
+    };
+    assert_eq!(list.merge_entries_at(&[other], later).unwrap(), 1);
+    assert_eq!(list.counts(), (1, 1, 0), "the id is still revoked here");
+    // A day and more later it is pruned.
+    let gone = t0 + day + Duration::from_secs(3600);
+    let third = RevocationEntry {
+        target: RevokeTarget::Sandbox("sbx".into()),
+        revoked_at: secs(gone),
+        expires_at: secs(gone),
+    };
+    assert_eq!(list.merge_entries_at(&[third], gone).unwrap(), 1);
+    assert_eq!(list.counts(), (0, 1, 1));
+    // One bad entry refuses the whole batch.
+    let bad = RevocationEntry {
+        target: RevokeTarget::Id("not-hex".into()),
+        revoked_at: secs(gone),
+        expires_at: secs(gone),
+    };
+    let fresh = RevocationEntry {
+        target: RevokeTarget::Session("s-3".into()),
+        ..bad.clone()
+    };
+    assert!(list.merge_entries_at(&[fresh, bad], gone).is_err());
+    assert_eq!(list.counts(), (0, 1, 1));
+    let reread = RevocationList::load(&dir.path().join(REVOCATION_FILE), day).unwrap();
+    assert_eq!(reread.counts(), (0, 1, 1), "persisted");
 }

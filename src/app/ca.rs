@@ -31,11 +31,15 @@ pub async fn load_ca(
 
 /// `egress-edge ca export`: the CA as `run` would load it, created if absent.
 pub async fn export_ca(config: &Config) -> Result<String, AppError> {
-    let secrets = match &config.ca.source {
+    let (secrets, task) = match &config.ca.source {
         CaSource::Sds { .. } => start_secrets(config).await?,
-        _ => None,
+        _ => (None, None),
     };
-    let ca = load_ca_inner(config, secrets.as_ref()).await?;
+    let ca = load_ca_inner(config, secrets.as_ref()).await;
+    if let Some(t) = task {
+        t.abort();
+    }
+    let ca = ca?;
     Ok(ca.cert_pem().to_owned())
 }
 

@@ -89,6 +89,8 @@ pub struct BuildOptions {
 
 #[derive(Debug)]
 pub struct App {
+    /// The secret source's and the fleet stream's tasks, stopped with the app.
+    _streams: Streams,
     reloader: Arc<Reloader>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
@@ -106,6 +108,19 @@ pub struct App {
     grace: Duration,
 }
 
+/// Tasks that feed the app from outside (secret source, fleet stream): aborted when the app is
+/// dropped, so an app stopped in process (tests, restarts) leaves no stream behind.
+#[derive(Debug, Default)]
+struct Streams(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 impl App {
     pub async fn build(
         config: Config,
@@ -114,7 +129,8 @@ impl App {
     ) -> Result<App, AppError> {
         let config = Arc::new(config);
         limits::raise_nofile(config.proxy.max_connections);
-        let secrets = secrets::start_secrets(&config).await?;
+        let (secrets, secret_task) = secrets::start_secrets(&config).await?;
+        let mut streams = Streams(secret_task.into_iter().collect());
         let ca = load_ca(&config, secrets.as_ref()).await?;
         let handles = {
             let dir = config.state_dir.clone();
@@ -201,7 +217,10 @@ impl App {
                 reloader.clone(),
                 status,
             );
-            egress_sds::client::spawn_fleet_client(crate::fleet::options(sds)?, Arc::new(edge))?;
+            streams.0.push(egress_sds::client::spawn_fleet_client(
+                crate::fleet::options(sds)?,
+                Arc::new(edge),
+            )?);
         }
         if let (Some(store), false) = (&secrets, config.upstream.extra_roots_sds.is_empty()) {
             background::spawn_root_refresh(store.clone(), reloader.clone());
@@ -238,6 +257,7 @@ impl App {
             .filter_map(|l| l.udp.local_addr().ok())
             .collect();
         Ok(App {
+            _streams: streams,
             reloader,
             proxy_addr,
             admin_addr,

@@ -3,8 +3,7 @@
 //! sandboxes, kill switch), fed from a watched fleet file and from its own admin API, so a
 //! change made there reaches every connected edge.
 //!
-//! Without `--admin` and `--fleet` it is the plain secrets server (its ADS then serves empty
-//! sets). It does not forward anything to edges' admin APIs and keeps no edge state: edges
+//! Without `--state-dir` it is the plain secrets server: no fleet types are served. It does not forward anything to edges' admin APIs and keeps no edge state: edges
 //! pull over their stream.
 
 pub mod admin;
@@ -164,9 +163,13 @@ pub async fn serve(
             tokio::spawn(admin::serve(listener, ctx, stop.clone()));
         }
     }
-    let server = Server::bind(&opts.serve)
-        .await?
-        .with_fleet(published, heartbeat);
+    let mut server = Server::bind(&opts.serve).await?;
+    // Without a state dir there is no fleet state: the fleet types are not served at all, so
+    // a fleet edge pointed here stays unready instead of taking an empty state (no kill
+    // switch, no sandboxes) for the real one.
+    if opts.state_dir.is_some() {
+        server = server.with_fleet(published, heartbeat);
+    }
     server.run(shutdown).await.map_err(ControlError::from)
 }
 

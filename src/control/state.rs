@@ -56,6 +56,9 @@ pub struct ControlState {
     kill: Mutex<Kill>,
     published: Published,
     grant_ttl: Option<Duration>,
+    /// Held from reading the state to publishing it, so a slower publish can never overwrite
+    /// a later one with older state.
+    publishing: Mutex<()>,
 }
 
 impl std::fmt::Debug for ControlState {
@@ -158,6 +161,7 @@ impl ControlState {
             kill: Mutex::new(kill),
             published,
             grant_ttl,
+            publishing: Mutex::new(()),
         };
         state.publish_all();
         Ok(state)
@@ -308,6 +312,7 @@ impl ControlState {
 
     /// Republishes one type from the current state.
     fn publish(&self, ty: FleetType) {
+        let _one_at_a_time = lock(&self.publishing);
         let items: Vec<Item> = match ty {
             FleetType::Revocation => self
                 .handles

@@ -46,9 +46,30 @@ fn decode<M: Message + Default>(item: &Item, what: &str) -> Result<M, String> {
 
 /// `Revocation` resources, named `id/HEX`, `session/NAME` or `sandbox/NAME`.
 pub fn revocations(items: &[Item]) -> Result<Vec<RevocationEntry>, String> {
+    let (good, mut bad) = revocations_each(items);
+    match bad.is_empty() {
+        true => Ok(good),
+        false => Err(bad.swap_remove(0)),
+    }
+}
+
+/// As [`revocations`], one resource at a time: the good ones, and why each bad one is bad.
+/// A restriction is worth taking even from a response that is refused.
+pub fn revocations_each(items: &[Item]) -> (Vec<RevocationEntry>, Vec<String>) {
     let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(items.len());
+    let mut good = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
     for item in items {
+        match revocation(&mut seen, item) {
+            Ok(r) => good.push(r),
+            Err(e) => bad.push(e),
+        }
+    }
+    (good, bad)
+}
+
+fn revocation(seen: &mut BTreeSet<String>, item: &Item) -> Result<RevocationEntry, String> {
+    {
         let r: pb::Revocation = decode(item, "revocation")?;
         let (prefix, target) = match Kind::try_from(r.kind) {
             Ok(Kind::Id) => ("id", RevokeTarget::Id(r.key.clone())),
@@ -67,20 +88,19 @@ pub fn revocations(items: &[Item]) -> Result<Vec<RevocationEntry>, String> {
                 ));
             }
         };
-        named(&mut seen, item, format!("{prefix}/{}", r.key))?;
+        named(seen, item, format!("{prefix}/{}", r.key))?;
         if r.expires_at < r.revoked_at {
             return Err(format!(
                 "revocation {prefix}/{}: expires_at is before revoked_at",
                 r.key
             ));
         }
-        out.push(RevocationEntry {
+        Ok(RevocationEntry {
             target,
             revoked_at: r.revoked_at,
             expires_at: r.expires_at,
-        });
+        })
     }
-    Ok(out)
 }
 
 /// `Profile` resources: (name, spec) pairs, the spec still to be built by the config loader.

@@ -28,8 +28,21 @@ use egress_sds::fleet::{FleetType, Item};
 use crate::config::{self, SdsConfig};
 use crate::state::Shared;
 use crate::state::reload::{FleetProfiles, Reloader};
+use crate::state::sandboxes::Origin;
 
 pub use crate::state::fleet_status::FleetStatus;
+
+#[derive(Debug)]
+struct Rejected {
+    items: Vec<Item>,
+    why: String,
+    /// The snapshot generation it was judged against.
+    against: u64,
+}
+
+/// The profile a lapsed fleet sandbox is given: no profile can have this name, so the policy
+/// allows it nothing.
+const LAPSED_PROFILE: &str = "(lapsed)";
 
 /// Applies fleet updates to one edge.
 #[derive(Debug)]
@@ -40,9 +53,10 @@ pub struct FleetEdge {
     status: Arc<FleetStatus>,
     /// The items last applied per type: a heartbeat that repeats them is not re-applied.
     applied: Mutex<BTreeMap<FleetType, Vec<Item>>>,
-    /// The items last rejected per type, and why: a heartbeat that repeats them gets the
-    /// same answer without another log line or count.
-    rejected: Mutex<BTreeMap<FleetType, (Vec<Item>, String)>>,
+    /// The items last rejected per type, why, and the snapshot they were judged against: a
+    /// heartbeat that repeats them gets the same answer without another log line or count,
+    /// until the edge's own state changes (a reload may remove what they clashed with).
+    rejected: Mutex<BTreeMap<FleetType, Rejected>>,
 }
 
 impl FleetEdge {
@@ -62,19 +76,34 @@ impl FleetEdge {
         }
     }
 
-    fn apply_type(&self, ty: FleetType, items: &[Item]) -> Result<(), String> {
+    fn apply_type(&self, ty: FleetType, items: &[Item], why: Why) -> Result<(), String> {
         match ty {
             FleetType::Revocation => {
-                let list = decode::revocations(items)?;
-                let fresh = self
-                    .handles
-                    .revocations()
-                    .merge_entries(&list)
-                    .map_err(|e| e.to_string())?;
+                // Restrictions are taken even from a response that is refused: the valid
+                // revocations are merged, and the bad ones NACKed.
+                let (list, mut bad) = decode::revocations_each(items);
+                let revocations = self.handles.revocations();
+                let fresh = match revocations.merge_entries(&list) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        let mut n = 0;
+                        for one in &list {
+                            match revocations.merge_entries(std::slice::from_ref(one)) {
+                                Ok(k) => n += k,
+                                Err(e) => bad.push(e.to_string()),
+                            }
+                        }
+                        n
+                    }
+                };
                 if fresh > 0 {
                     tracing::warn!(target: crate::credential::AUDIT_TARGET, new = fresh, total = list.len(), "revocations from the control plane in force");
                 }
-                Ok(())
+                match bad.len() {
+                    0 => Ok(()),
+                    1 => Err(bad.swap_remove(0)),
+                    n => Err(format!("{} (and {} more bad revocations)", bad[0], n - 1)),
+                }
             }
             FleetType::Profile => {
                 let mut built = FleetProfiles::new();
@@ -87,7 +116,22 @@ impl FleetEdge {
                     .map_err(|e| e.to_string())
             }
             FleetType::Sandbox => {
-                let list = decode::sandboxes(items)?;
+                let mut list = decode::sandboxes(items)?;
+                // A lapsed sandbox stays known, allowed nothing, its connections closed: were it
+                // forgotten, its addresses would fall to the top-level policy, which may allow
+                // more than its profile did. Only the control plane withdraws a sandbox.
+                let mut lapsed = Vec::new();
+                if why == Why::Lapse {
+                    for s in self.shared.sandboxes.list() {
+                        if s.origin == Origin::Fleet && !list.iter().any(|l| *l.id == *s.id) {
+                            list.push(s.to_fleet(LAPSED_PROFILE));
+                            // Closes its open connections; the registry then gives the lapsed
+                            // sandbox a fresh signal for the connections still to come.
+                            s.removed().cancel();
+                            lapsed.push(s.id.clone());
+                        }
+                    }
+                }
                 let policy = self.shared.snapshot();
                 for s in &list {
                     if !policy.config.policy.has_profile(&s.profile) {
@@ -100,12 +144,26 @@ impl FleetEdge {
                     .set_fleet(list)
                     .map_err(|e| e.to_string())?;
                 for id in gone {
-                    tracing::warn!(target: crate::credential::AUDIT_TARGET, sandbox = %id, "sandbox withdrawn by the control plane (or its grant lapsed): its tunnels and sessions are closed");
+                    tracing::warn!(target: crate::credential::AUDIT_TARGET, sandbox = %id, "sandbox withdrawn by the control plane: its tunnels and sessions are closed");
+                }
+                for id in lapsed {
+                    tracing::warn!(target: crate::credential::AUDIT_TARGET, sandbox = %id, "sandbox grant lapsed: allowed nothing and its tunnels and sessions closed until the control plane renews it");
                 }
                 Ok(())
             }
             FleetType::KillSwitch => {
-                let ks = decode::kill_switch(items)?;
+                let ks = match decode::kill_switch(items) {
+                    Ok(ks) => ks,
+                    Err(e) => {
+                        // A kill switch that is there but unreadable is taken as on (closed).
+                        if !self.shared.kill.is_enabled() {
+                            tracing::error!(error = %e, "unreadable kill switch from the control plane: turned on");
+                        }
+                        self.shared.kill.set(true);
+                        persist_kill_switch(&self.shared, true);
+                        return Err(e);
+                    }
+                };
                 let on = ks.as_ref().is_some_and(|k| k.enabled);
                 if on != self.shared.kill.is_enabled() {
                     let reason = ks.map(|k| k.reason).unwrap_or_default();
@@ -123,16 +181,18 @@ impl FleetSink for FleetEdge {
     fn apply(&self, ty: FleetType, version: &str, items: &[Item], why: Why) -> Result<(), String> {
         let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rejected = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((items_then, why_not)) = rejected.get(&ty)
-            && items_then.as_slice() == items
+        if let Some(r) = rejected.get(&ty)
+            && r.items.as_slice() == items
+            && r.against == self.shared.generation()
         {
-            return Err(why_not.clone());
+            return Err(r.why.clone());
         }
+        let against = self.shared.generation();
         let repeat = applied.get(&ty).is_some_and(|a| a.as_slice() == items);
         let result = if repeat {
             Ok(())
         } else {
-            self.apply_type(ty, items)
+            self.apply_type(ty, items, why)
         };
         match &result {
             Ok(()) => {
@@ -140,7 +200,14 @@ impl FleetSink for FleetEdge {
                 rejected.remove(&ty);
             }
             Err(e) => {
-                rejected.insert(ty, (items.to_vec(), e.clone()));
+                rejected.insert(
+                    ty,
+                    Rejected {
+                        items: items.to_vec(),
+                        why: e.clone(),
+                        against,
+                    },
+                );
             }
         }
         if !repeat || !self.status.is_current(ty, version) {

@@ -64,6 +64,8 @@ impl KillSwitch {
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// Counts snapshot swaps (a reload, fleet profiles, trust roots).
+    generation: std::sync::atomic::AtomicU64,
     pub kill: KillSwitch,
     /// Stop accepting; ask keep-alive connections to close.
     pub draining: CancellationToken,
@@ -91,6 +93,7 @@ impl Shared {
             sandboxes: sandboxes::Registry::empty(&snapshot.config),
             slots,
             current: ArcSwap::from_pointee(snapshot),
+            generation: std::sync::atomic::AtomicU64::new(0),
             kill: KillSwitch::default(),
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
@@ -119,5 +122,11 @@ impl Shared {
 
     pub fn replace(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes with every snapshot swap.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }

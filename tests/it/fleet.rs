@@ -716,6 +716,9 @@ async fn three_edges_follow_one_control_plane() {
             fleet_types(&c)["sandboxes"]["lapsed"].as_u64() >= Some(1),
             "{c}"
         );
+        // Known but allowed nothing: its address does not fall back to the top level.
+        let s = get_json(e.admin, "/v1/sandboxes/sbx-1").await;
+        assert_eq!(s["profile"], "(lapsed)", "{s}");
         let (_, code) = e
             .curl(
                 &f.api("/small"),

@@ -31,6 +31,10 @@ use crate::proto::{
 
 /// How often lapsed grants are looked for.
 const LAPSE_CHECK: Duration = Duration::from_millis(100);
+/// The longest TTL taken: a grant meant to outlive a week of silence is a mistake.
+const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The largest response taken (tonic's default, 4 MiB, would cut a long revocation list).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Where the fleet stream goes and who the edge is (the `secrets.sds` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,14 +97,18 @@ pub fn spawn_fleet_client(
     let connector = Connector::new(&opts.target, opts.tls.as_ref())?;
     let held = Arc::new(Mutex::new(Held::default()));
     Ok(tokio::spawn(async move {
-        tokio::join!(
-            run(&opts, &connector, &held, sink.as_ref()),
-            lapse(&held, sink.as_ref())
-        );
+        tokio::join!(run(&opts, &connector, &held, &sink), lapse(&held, &sink));
     }))
 }
 
-async fn run(opts: &FleetOptions, connector: &Connector, held: &Mutex<Held>, sink: &dyn FleetSink) {
+type Shared<T> = Arc<T>;
+
+async fn run(
+    opts: &FleetOptions,
+    connector: &Connector,
+    held: &Shared<Mutex<Held>>,
+    sink: &Shared<dyn FleetSink>,
+) {
     let node = node(&opts.node_id, &opts.cluster);
     let mut backoff = Backoff::new();
     loop {
@@ -148,12 +156,13 @@ fn request(
 async fn session(
     connector: &Connector,
     node: &Node,
-    held: &Mutex<Held>,
-    sink: &dyn FleetSink,
+    held: &Shared<Mutex<Held>>,
+    sink: &Shared<dyn FleetSink>,
     got_response: &mut bool,
 ) -> Result<(), String> {
     let channel = connector.connect().await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(8);
     for ty in FleetType::ALL {
         let version = lock(held).version(ty);
@@ -179,9 +188,15 @@ async fn session(
             tracing::warn!(type_url = %response.type_url, "fleet stream: response of a type not subscribed; ignored");
             continue;
         };
-        let error = receive(ty, &response, held, sink).err();
+        // Applying may write files and rebuild the policy: off the async threads.
+        let (h, s) = (held.clone(), sink.clone());
+        let nonce = response.nonce.clone();
+        let error = tokio::task::spawn_blocking(move || receive(ty, &response, &h, s.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(format!("applying the update failed: {e}")))
+            .err();
         let version = lock(held).version(ty);
-        tx.send(request(node, ty, version, &response.nonce, error))
+        tx.send(request(node, ty, version, &nonce, error))
             .await
             .map_err(|_| "request stream closed".to_owned())?;
     }
@@ -207,7 +222,12 @@ fn receive(
             let items = items
                 .into_iter()
                 .map(|i| {
-                    let deadline = i.ttl.filter(|_| ty.is_grant()).map(|t| now + t);
+                    // TTLs are capped at MAX_TTL, so this cannot overflow; if it did, the
+                    // grant would lapse at once rather than never.
+                    let deadline = i
+                        .ttl
+                        .filter(|_| ty.is_grant())
+                        .map(|t| now.checked_add(t).unwrap_or(now));
                     (i, deadline)
                 })
                 .collect();
@@ -231,7 +251,7 @@ fn receive(
                 for (name, ttl) in leases(response) {
                     for (item, deadline) in set.items.iter_mut().filter(|(i, _)| i.name == name) {
                         item.ttl = Some(ttl);
-                        *deadline = Some(now + ttl);
+                        *deadline = Some(now.checked_add(ttl).unwrap_or(now));
                     }
                 }
             }
@@ -265,6 +285,13 @@ fn unwrap(
                 }
                 Some(_) => return Err(format!("resource {:?}: ttl must be positive", r.name)),
             };
+            if ttl.is_some_and(|t| t > MAX_TTL) {
+                return Err(format!(
+                    "resource {:?}: ttl above the {}-day maximum",
+                    r.name,
+                    MAX_TTL.as_secs() / 86_400
+                ));
+            }
             let value = match r.resource {
                 Some(body) if body.type_url == ty.type_url() => body.value,
                 Some(body) => {
@@ -323,53 +350,68 @@ fn leases(response: &DiscoveryResponse) -> Vec<(String, Duration)> {
         .filter_map(|r| {
             let d = r.ttl?;
             let ttl = Duration::new(u64::try_from(d.seconds).ok()?, u32::try_from(d.nanos).ok()?);
-            (!r.name.is_empty() && !ttl.is_zero()).then_some((r.name, ttl))
+            (!r.name.is_empty() && !ttl.is_zero() && ttl <= MAX_TTL).then_some((r.name, ttl))
         })
         .collect()
 }
 
 /// Drops grants whose TTL ran out and hands the sink what is left.
-async fn lapse(held: &Mutex<Held>, sink: &dyn FleetSink) {
+async fn lapse(held: &Shared<Mutex<Held>>, sink: &Shared<dyn FleetSink>) {
     let mut tick = tokio::time::interval(LAPSE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = Instant::now();
-        let mut held = lock(held);
-        for (ty, set) in &mut held.sets {
-            let before = set.items.len();
-            let lapsed: Vec<String> = set
-                .items
-                .iter()
-                .filter(|(_, d)| d.is_some_and(|d| d <= now))
-                .map(|(i, _)| i.name.clone())
-                .collect();
-            if lapsed.is_empty() {
+        let due = lock(held)
+            .sets
+            .values()
+            .any(|s| s.items.iter().any(|(_, d)| d.is_some_and(|d| d <= now)));
+        if due {
+            let (h, s) = (held.clone(), sink.clone());
+            let _ = tokio::task::spawn_blocking(move || lapse_now(&h, s.as_ref(), now)).await;
+        }
+    }
+}
+
+fn lapse_now(held: &Mutex<Held>, sink: &dyn FleetSink, now: Instant) {
+    let mut held = lock(held);
+    for (ty, set) in &mut held.sets {
+        let expired = |d: &Option<Instant>| d.is_some_and(|d| d <= now);
+        let lapsed: Vec<String> = set
+            .items
+            .iter()
+            .filter(|(_, d)| expired(d))
+            .map(|(i, _)| i.name.clone())
+            .collect();
+        if lapsed.is_empty() {
+            continue;
+        }
+        let before = set.items.len();
+        let remaining: Vec<Item> = set
+            .items
+            .iter()
+            .filter(|(_, d)| !expired(d))
+            .map(|(i, _)| i.clone())
+            .collect();
+        if let Err(e) = sink.apply(*ty, &set.version, &remaining, Why::Lapse) {
+            // The rest cannot be kept on its own: drop every grant of the type (closed).
+            tracing::error!(r#type = %ty, error = %e, "lapsing some fleet grants failed; dropping all of this type");
+            if let Err(e) = sink.apply(*ty, &set.version, &[], Why::Lapse) {
+                tracing::error!(r#type = %ty, error = %e, "dropping the fleet grants failed");
                 continue;
             }
-            let remaining: Vec<Item> = set
-                .items
-                .iter()
-                .filter(|(_, d)| !d.is_some_and(|d| d <= now))
-                .map(|(i, _)| i.clone())
-                .collect();
-            match sink.apply(*ty, &set.version, &remaining, Why::Lapse) {
-                Ok(()) => {
-                    set.items.retain(|(_, d)| !d.is_some_and(|d| d <= now));
-                    tracing::warn!(
-                        r#type = %ty,
-                        version = %set.version,
-                        ?lapsed,
-                        before,
-                        after = set.items.len(),
-                        "fleet grants lapsed: not refreshed by the control plane within their TTL"
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(r#type = %ty, error = %e, "lapsing fleet grants failed; retrying")
-                }
-            }
+            set.items.clear();
+        } else {
+            set.items.retain(|(_, d)| !expired(d));
         }
+        tracing::warn!(
+            r#type = %ty,
+            version = %set.version,
+            ?lapsed,
+            before,
+            after = set.items.len(),
+            "fleet grants lapsed: not refreshed by the control plane within their TTL"
+        );
     }
 }
 
@@ -456,6 +498,10 @@ mod tests {
             (
                 vec![wrapped("x", Some(plain(b"x")), Some((0, 0)))],
                 "positive",
+            ),
+            (
+                vec![wrapped("x", Some(plain(b"x")), Some((i64::MAX, 0)))],
+                "maximum",
             ),
             (
                 vec![

@@ -94,6 +94,16 @@ impl Sandbox {
         })
     }
 
+    /// This sandbox as the control plane would deliver it, under `profile`.
+    pub fn to_fleet(&self, profile: &str) -> FleetSandbox {
+        FleetSandbox {
+            id: self.id.to_string(),
+            profile: profile.to_owned(),
+            sources: self.sources.iter().map(ToString::to_string).collect(),
+            token: self.token,
+        }
+    }
+
     /// SHA-256 of its proxy token as hex (what a control plane publishes; never the token).
     pub fn token_sha256(&self) -> Option<String> {
         self.token.as_ref().map(store::hex)
@@ -493,10 +503,12 @@ impl Registry {
                 )));
             }
             let id: Arc<str> = Arc::from(f.id.as_str());
+            // One that stays keeps its connections, unless they were closed (a lapse).
             let removed = current
                 .iter()
                 .find(|s| s.origin == Origin::Fleet && s.id == id)
                 .map(|s| s.removed.clone())
+                .filter(|t| !t.is_cancelled())
                 .unwrap_or_default();
             next.push(Arc::new(Sandbox {
                 label: labels.label(&id),
