@@ -6,6 +6,7 @@
 mod certs;
 mod client;
 mod dns;
+mod fleet;
 mod phases;
 mod policy;
 mod proxy;
@@ -31,7 +32,7 @@ egress-bench: egress-edge (tunnel and bump) vs direct, in-process on loopback
 
 usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns N]
                     [--new-conns N] [--mints N] [--verifies N] [--sandboxes N]
-                    [--policy-calls N] [--only LIST]
+                    [--policy-calls N] [--only LIST] [--edge-bin PATH] [--fleet-rate N]
 
   --quick          1 s phases in 1 round, 200 ms warm-up
   --secs S         measured seconds per phase (default 4)        env EGRESS_BENCH_SECS
@@ -49,11 +50,15 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
                                                                  env EGRESS_BENCH_POLICY_CALLS
   --only LIST      comma-separated subset of:
                    keepalive,h2,inject,newconn,latency,throughput,mint,verify,dns,
-                   policy,sandboxes
-                                                                 env EGRESS_BENCH_ONLY
+                   policy,sandboxes,fleet (fleet only when listed: it runs the
+                   egress-edge binary as processes)              env EGRESS_BENCH_ONLY
+  --edge-bin PATH  the egress-edge binary for `fleet` (default: egress-edge next to this
+                   binary, i.e. the same target dir and profile) env EGRESS_BENCH_EDGE_BIN
+  --fleet-rate N   control-plane writes per second in the fleet updates rounds
+                   (default 10)                                  env EGRESS_BENCH_FLEET_RATE
 ";
 
-const PHASES: [&str; 11] = [
+const PHASES: [&str; 12] = [
     "keepalive",
     "h2",
     "inject",
@@ -65,7 +70,11 @@ const PHASES: [&str; 11] = [
     "dns",
     "policy",
     "sandboxes",
+    "fleet",
 ];
+
+/// Phases that run only when `--only` names them.
+const OPT_IN: [&str; 1] = ["fleet"];
 
 #[derive(Debug)]
 struct Args {
@@ -79,13 +88,16 @@ struct Args {
     sandboxes: usize,
     policy_calls: usize,
     only: Option<Vec<String>>,
+    edge_bin: Option<PathBuf>,
+    fleet_rate: f64,
 }
 
 impl Args {
     fn wants(&self, phase: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|p| p == phase))
+        match &self.only {
+            None => !OPT_IN.contains(&phase),
+            Some(o) => o.iter().any(|p| p == phase),
+        }
     }
 
     /// Timing of one round.
@@ -132,6 +144,8 @@ fn parse_args() -> Result<Option<Args>> {
         sandboxes: 1000,
         policy_calls: 200_000,
         only: None,
+        edge_bin: None,
+        fleet_rate: 10.0,
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     if !quick {
@@ -166,6 +180,12 @@ fn parse_args() -> Result<Option<Args>> {
     if let Some(v) = env("EGRESS_BENCH_ONLY") {
         a.only = Some(parse_only(&v)?);
     }
+    if let Some(v) = env("EGRESS_BENCH_EDGE_BIN") {
+        a.edge_bin = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env("EGRESS_BENCH_FLEET_RATE") {
+        a.fleet_rate = parse_num("EGRESS_BENCH_FLEET_RATE", &v)?;
+    }
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -194,6 +214,8 @@ fn parse_args() -> Result<Option<Args>> {
             "--sandboxes" => a.sandboxes = parse_num("--sandboxes", &value()?)?,
             "--policy-calls" => a.policy_calls = parse_num("--policy-calls", &value()?)?,
             "--only" => a.only = Some(parse_only(&value()?)?),
+            "--edge-bin" => a.edge_bin = Some(PathBuf::from(value()?)),
+            "--fleet-rate" => a.fleet_rate = parse_num("--fleet-rate", &value()?)?,
             other => bail!("unknown argument `{other}`\n\n{USAGE}"),
         }
     }
@@ -205,6 +227,9 @@ fn parse_args() -> Result<Option<Args>> {
     }
     if !(2..=100_000).contains(&a.sandboxes) {
         bail!("--sandboxes must be in [2, 100000]");
+    }
+    if !(a.fleet_rate.is_finite() && a.fleet_rate >= 0.1 && a.fleet_rate <= 1000.0) {
+        bail!("--fleet-rate must be in [0.1, 1000]");
     }
     Ok(Some(a))
 }
@@ -551,13 +576,40 @@ async fn main() -> std::process::ExitCode {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("egress-bench: allocator background purging unavailable: {e}");
     }
-    match run().await {
+    // Interrupted: drop everything under way first (the fleet section's processes are
+    // killed on drop, the scratch dir removed), then leave.
+    let result = tokio::select! {
+        r = run() => Some(r),
+        () = interrupted() => None,
+    };
+    let Some(result) = result else {
+        eprintln!("bench: interrupted; processes stopped, scratch dir removed");
+        std::process::exit(130);
+    };
+    match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("bench: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    // A failed registration disables its branch instead of reading as a signal.
+    tokio::select! {
+        Ok(()) = tokio::signal::ctrl_c() => {}
+        () = term => {}
     }
 }
 
@@ -878,12 +930,32 @@ async fn run() -> Result<bool> {
         sandboxes::section(&mut report, &setup).await;
     }
 
+    if args.wants("fleet") {
+        let edge_bin = match &args.edge_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("locating this binary")?
+                .with_file_name("egress-edge"),
+        };
+        let setup = fleet::Setup {
+            edge_bin,
+            conns: args.conns,
+            rounds: args.rounds,
+            timing: t,
+            rate: args.fleet_rate,
+            dir: &scratch.0,
+            upstream,
+            upstream_ca: &upstream_ca_path,
+        };
+        fleet::section(&mut report, &setup).await;
+    }
+
     proxy.shutdown().await;
     report.print();
     println!();
     println!(
         "ratios are against the direct row (bump+inject: also the bump row; policy and sandboxes: \
-         the 1-sandbox row) of the same section, same run; \
+         the 1-sandbox row; fleet: the no-updates row) of the same section, same run; \
          total {:.0} s; load average now {}",
         began.elapsed().as_secs_f64(),
         loadavg()
