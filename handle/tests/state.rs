@@ -397,11 +397,13 @@ fn merged_revocations_last_this_list_s_retention_and_are_checked_whole() {
         expires_at: secs(t0) + 3600,
     };
     assert_eq!(
-        list.merge_entries_at(std::slice::from_ref(&from_sender), t0).unwrap(),
+        list.merge_entries_at(std::slice::from_ref(&from_sender), t0)
+            .unwrap(),
         1
     );
     assert_eq!(
-        list.merge_entries_at(std::slice::from_ref(&from_sender), t0).unwrap(),
+        list.merge_entries_at(std::slice::from_ref(&from_sender), t0)
+            .unwrap(),
         0,
         "nothing new: no write"
     );
