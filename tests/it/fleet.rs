@@ -182,36 +182,9 @@ impl Edge {
         self.state.join("ca.pem").display().to_string()
     }
 
-    /// curl through this edge's bump: (status of the upstream answer, error code, output).
+    /// curl through this edge's bump: (status of the upstream answer, error code).
     async fn curl(&self, url: &str, extra: &[&str]) -> (u16, Option<String>) {
-        let mut args = vec![
-            "-sS".to_owned(),
-            "-x".into(),
-            self.proxy_url(),
-            "--cacert".into(),
-            self.ca(),
-            "-D".into(),
-            "-".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "--max-time".into(),
-            "5".into(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args.push(url.to_owned());
-        let (_, out, _) = curl_async(args).await;
-        let status = out
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("HTTP/"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let code = out
-            .lines()
-            .find_map(|l| l.strip_prefix("x-egress-edge-error: "))
-            .map(|c| c.trim().to_owned());
-        (status, code)
+        curl_bumped(&self.proxy_url(), &self.ca(), url, extra).await
     }
 }
 

@@ -154,33 +154,8 @@ impl ControlPlane {
 
 /// One proxied request through the edge's bump: (status, `x-egress-edge-error`).
 async fn curl_through(p: &Proxy, url: &str, extra: &[&str]) -> (u16, Option<String>) {
-    let mut args: Vec<String> = vec![
-        "-x".into(),
-        p.url(),
-        "--cacert".into(),
-        p.bump_ca_path().display().to_string(),
-        "-D".into(),
-        "-".into(),
-        "-o".into(),
-        "/dev/null".into(),
-        "--max-time".into(),
-        "5".into(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args.push(url.to_owned());
-    let (_, out, _) = curl_async(args).await;
-    let status = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("HTTP/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let code = out
-        .lines()
-        .find_map(|l| l.strip_prefix("x-egress-edge-error: "))
-        .map(|c| c.trim().to_owned());
-    (status, code)
+    let ca = p.bump_ca_path().display().to_string();
+    curl_bumped(&p.url(), &ca, url, extra).await
 }
 
 async fn readyz(admin: SocketAddr) -> (u16, String) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::common::*;
-use crate::inject::{capture_logs, error_code, leak_scan};
+use crate::inject::{capture_logs, leak_scan};
 
 const BIN: &str = env!("CARGO_BIN_EXE_egress-edge");
 const SECRET: &str = "sk-issuer-SECRET7";
@@ -92,15 +92,8 @@ impl Env {
         ];
         let (code, out, err) = curl_async(args).await;
         assert_eq!(code, 0, "{err}");
-        // The last status line: the first is the proxy's answer to curl's CONNECT.
-        let status = out
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("HTTP/"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, error_code(&out), out)
+        let (status, error) = final_status(&out);
+        (status, error, out)
     }
 
     /// The `Authorization` the upstream received last.

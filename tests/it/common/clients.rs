@@ -188,3 +188,47 @@ pub fn client_hello(sni: &str) -> Vec<u8> {
     }
     out
 }
+
+/// The status of the last response in curl's `-D -` output (the first is the proxy's answer
+/// to the CONNECT) and its `x-egress-edge-error`, if any.
+pub fn final_status(out: &str) -> (u16, Option<String>) {
+    let status = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let code = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-egress-edge-error: "))
+        .map(|c| c.trim().to_owned());
+    (status, code)
+}
+
+/// One request with curl through the proxy at `proxy_url`, trusting `ca` for the bump, the
+/// body discarded: (status, `x-egress-edge-error`).
+pub async fn curl_bumped(
+    proxy_url: &str,
+    ca: &str,
+    url: &str,
+    extra: &[&str],
+) -> (u16, Option<String>) {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-x".into(),
+        proxy_url.to_owned(),
+        "--cacert".into(),
+        ca.to_owned(),
+        "-D".into(),
+        "-".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "--max-time".into(),
+        "5".into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(url.to_owned());
+    let (_, out, _) = curl_async(args).await;
+    final_status(&out)
+}
