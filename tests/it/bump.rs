@@ -167,6 +167,20 @@ async fn curl_http1_and_http2_through_the_bump_see_a_minted_leaf() {
     );
 }
 
+/// An upstream offering both protocols is spoken to in HTTP/1.1 for an HTTP/1.1 guest (faster
+/// relaying, nothing of HTTP/2 needed) and in HTTP/2 for an HTTP/2 guest (which may need it,
+/// as gRPC does).
+#[tokio::test]
+async fn the_upstream_leg_follows_the_guest_s_protocol() {
+    let env = bump_env(None).await;
+    let url = format!("https://bump.test:{}/version", env.up.port());
+    for (flag, upstream) in [("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2.0")] {
+        let (code, out, err) = curl_async(curl_args(&env, &[flag], &url)).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, upstream, "guest {flag}");
+    }
+}
+
 #[tokio::test]
 async fn python_urllib_through_the_bump() {
     if std::process::Command::new("python3")

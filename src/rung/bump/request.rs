@@ -157,6 +157,11 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     let upgrade = hop::upgrade_token(req.headers());
     let guest_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // A guest speaking HTTP/1.1 needs nothing of HTTP/2 upstream, and an HTTP/1.1 upstream
+    // leg relays faster (no framing, no second flow control; bench/README.md, "Where the
+    // time goes"): such requests go out over HTTP/1.1. HTTP/2 guests keep HTTP/2 upstream
+    // where the upstream offers it (gRPC needs it end to end).
+    let guest_h1 = parts.version <= http::Version::HTTP_11;
     let snap = ctx.snap.clone();
     let dest = Dest {
         snap: &snap,
@@ -216,7 +221,8 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
         )
         .await);
     }
-    let Some(client) = injected.client.or_else(|| snap.tls.clone()) else {
+    let pooled = if guest_h1 { &snap.tls_h1 } else { &snap.tls };
+    let Some(client) = injected.client.or_else(|| pooled.clone()) else {
         return Ok(ctx.deny(Kind::UpstreamTls, "no upstream TLS client configured"));
     };
     Ok(crate::rung::relay(

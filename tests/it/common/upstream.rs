@@ -64,8 +64,11 @@ async fn upstream_handler(
             .unwrap_or_default();
         return Ok(super::fake_api::respond(api, &headers, &body));
     }
+    let version = format!("{:?}", req.version());
     let resp = match path.as_str() {
         "/small" => Response::new(full("hello")),
+        // The HTTP version this upstream was spoken to in.
+        "/version" => Response::new(full(version)),
         "/slow" => {
             let now = seen.inflight.fetch_add(1, Ordering::SeqCst) + 1;
             seen.peak_inflight.fetch_max(now, Ordering::SeqCst);
