@@ -265,14 +265,7 @@ impl Api {
                     credentials = ?body.credentials,
                     "handle minted"
                 );
-                match serde_json::to_value(&minted) {
-                    Ok(v) => json(StatusCode::OK, &v),
-                    Err(e) => error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        &e.to_string(),
-                    ),
-                }
+                crate::admin::json_ok(&minted)
             }
             Err(e) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
         }

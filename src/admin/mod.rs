@@ -221,6 +221,18 @@ pub(crate) fn no_content() -> Response<Body> {
     r
 }
 
+/// `v` as a JSON 200, or a 500 if it does not serialize.
+pub(crate) fn json_ok<T: serde::Serialize>(v: &T) -> Response<Body> {
+    match serde_json::to_value(v) {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     text(status, v.to_string(), "application/json")
 }

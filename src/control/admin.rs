@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{ControlState, Kill};
-use crate::admin::{error, guard, json, no_content, read_json, text};
+use crate::admin::{error, guard, json, json_ok, no_content, read_json, text};
 use crate::body::Body;
 use crate::state::sandboxes::Registration;
 
@@ -181,14 +181,7 @@ async fn v1(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Body> {
             match blocking(ctx, move |s| s.mint(&body)).await {
                 Ok(Ok(minted)) => {
                     tracing::info!(target: crate::credential::AUDIT_TARGET, id = %minted.id, "handle minted by the control plane");
-                    match serde_json::to_value(&minted) {
-                        Ok(v) => json(StatusCode::OK, &v),
-                        Err(e) => error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal",
-                            &e.to_string(),
-                        ),
-                    }
+                    json_ok(&minted)
                 }
                 Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
                 Err(r) => r,

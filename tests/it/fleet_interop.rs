@@ -170,22 +170,6 @@ async fn fleet_state(admin: SocketAddr) -> Value {
     json(&body)["fleet"]["state"].clone()
 }
 
-/// Polls `f` every 50 ms until it holds; how long that took. Fails after `limit`.
-async fn until<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

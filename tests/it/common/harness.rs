@@ -259,3 +259,20 @@ impl Drop for Sds {
         }
     }
 }
+
+/// Polls `f` every 20 ms until it holds, and returns how long that took; fails after `limit`,
+/// naming `what`.
+pub async fn until<F, Fut>(limit: std::time::Duration, what: &str, mut f: F) -> std::time::Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
