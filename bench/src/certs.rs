@@ -1,6 +1,6 @@
 //! Test PKI for the local upstream: a throwaway CA and one leaf valid for every name the
-//! benchmark dials (`upstream.test` for direct and tunnel, `bump.test` and `inject.test` for the
-//! bump's verified re-origination, and `127.0.0.1`).
+//! benchmark dials (`upstream.test` for direct and tunnel, `bump.test`, `inject.test` and
+//! `*.cold.test` for the bump's verified re-origination, and `127.0.0.1`).
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -23,8 +23,14 @@ impl std::fmt::Debug for UpstreamPki {
     }
 }
 
-/// Names the upstream leaf carries.
-pub const UPSTREAM_NAMES: [&str; 4] = ["upstream.test", "bump.test", "inject.test", "127.0.0.1"];
+/// Names the upstream leaf carries (`*.cold.test`: the cold-SNI rows' never-used names).
+pub const UPSTREAM_NAMES: [&str; 5] = [
+    "upstream.test",
+    "bump.test",
+    "inject.test",
+    "*.cold.test",
+    "127.0.0.1",
+];
 
 pub fn generate() -> Result<UpstreamPki> {
     let ca_key = KeyPair::generate().context("upstream CA key")?;

@@ -1,10 +1,14 @@
 //! Benchmark clients: TCP (+ a hand-written HTTP CONNECT when going through the proxy), then
 //! TLS with the right roots and SNI, then a hyper HTTP/1.1 or HTTP/2 connection.
 //!
-//! Client TLS session resumption is disabled, so every new connection is a full handshake.
+//! Client TLS session resumption is disabled unless a target asks for it
+//! ([`Target::with_resumption`]), so every new connection is a full handshake by default. A
+//! target may also take a never-used name for each connection ([`Target::with_fresh_names`]),
+//! so each one reaches the proxy with an SNI it has not seen.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -73,6 +77,48 @@ pub struct Target {
     auth: Option<HeaderValue>,
     tls_h1: TlsConnector,
     tls_h2: TlsConnector,
+    roots: Arc<RootCertStore>,
+    /// A new name per connection instead of `server_name`.
+    fresh: Option<Arc<FreshNames>>,
+}
+
+/// `{prefix}{i}.{domain}` for i = 0, 1, ... up to a limit, each handed out once.
+#[derive(Debug)]
+pub struct FreshNames {
+    prefix: String,
+    domain: String,
+    limit: usize,
+    next: AtomicUsize,
+}
+
+impl FreshNames {
+    pub fn new(prefix: &str, domain: &str, limit: usize) -> Arc<FreshNames> {
+        Arc::new(FreshNames {
+            prefix: prefix.to_owned(),
+            domain: domain.to_owned(),
+            limit,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The `i`-th name.
+    pub fn name(prefix: &str, domain: &str, i: usize) -> String {
+        format!("{prefix}{i}.{domain}")
+    }
+
+    fn take(&self) -> Option<String> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.limit).then(|| FreshNames::name(&self.prefix, &self.domain, i))
+    }
+
+    /// How many were handed out (at most the limit).
+    pub fn used(&self) -> usize {
+        self.next.load(Ordering::Relaxed).min(self.limit)
+    }
+
+    pub fn exhausted(&self) -> bool {
+        self.next.load(Ordering::Relaxed) >= self.limit
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -86,14 +132,16 @@ impl std::fmt::Debug for Target {
     }
 }
 
-fn connector(roots: &Arc<RootCertStore>, alpn: &[u8]) -> Result<TlsConnector> {
+fn connector(roots: &Arc<RootCertStore>, alpn: &[u8], resume: bool) -> Result<TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots.clone())
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
-    cfg.resumption = rustls::client::Resumption::disabled();
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
@@ -121,9 +169,43 @@ impl Target {
                 .map_err(|e| anyhow!("server name {host}: {e}"))?,
             authority,
             auth: None,
-            tls_h1: connector(roots, b"http/1.1")?,
-            tls_h2: connector(roots, b"h2")?,
+            tls_h1: connector(roots, b"http/1.1", false)?,
+            tls_h2: connector(roots, b"h2", false)?,
+            roots: roots.clone(),
+            fresh: None,
         })
+    }
+
+    /// The same target resuming TLS sessions (rustls's in-memory client store, shared by every
+    /// clone of the returned target): after the first connection to a name, handshakes are
+    /// resumptions the server accepts with a ticket or its session cache.
+    pub fn with_resumption(mut self) -> Result<Target> {
+        self.tls_h1 = connector(&self.roots, b"http/1.1", true)?;
+        self.tls_h2 = connector(&self.roots, b"h2", true)?;
+        Ok(self)
+    }
+
+    /// The same target, each connection to the next of `names` (for SNI, CONNECT and Host).
+    pub fn with_fresh_names(mut self, names: Arc<FreshNames>) -> Target {
+        self.fresh = Some(names);
+        self
+    }
+
+    /// Whether every fresh name has been handed out (never, without fresh names).
+    pub fn names_exhausted(&self) -> bool {
+        self.fresh.as_ref().is_some_and(|f| f.exhausted())
+    }
+
+    /// The SNI and `host:port` of the next connection.
+    fn next_name(&self) -> Result<(ServerName<'static>, String)> {
+        let Some(fresh) = &self.fresh else {
+            return Ok((self.server_name.clone(), self.authority.clone()));
+        };
+        let name = fresh.take().ok_or_else(|| anyhow!("fresh names used up"))?;
+        let port = self.authority.rsplit_once(':').map_or("", |(_, p)| p);
+        let authority = format!("{name}:{port}");
+        let sni = ServerName::try_from(name).map_err(|e| anyhow!("server name: {e}"))?;
+        Ok((sni, authority))
     }
 
     /// Sends `Authorization: Bearer <token>` on every request (marked sensitive).
@@ -137,19 +219,25 @@ impl Target {
 
     /// TCP connect (+ CONNECT) + TLS handshake, end to end.
     pub async fn open_tls(&self, proto: Proto) -> Result<TlsStream<TcpStream>> {
+        Ok(self.open_named(proto).await?.0)
+    }
+
+    /// [`Target::open_tls`], also returning the `host:port` the connection is for.
+    async fn open_named(&self, proto: Proto) -> Result<(TlsStream<TcpStream>, String)> {
+        let (server_name, authority) = self.next_name()?;
         let mut tcp = TcpStream::connect(self.dial)
             .await
             .with_context(|| format!("connecting to {}", self.dial))?;
         tcp.set_nodelay(true)?;
-        if let Some(authority) = &self.connect {
-            http_connect(&mut tcp, authority).await?;
+        if self.connect.is_some() {
+            http_connect(&mut tcp, &authority).await?;
         }
         let tls = match proto {
             Proto::H1 => &self.tls_h1,
             Proto::H2 => &self.tls_h2,
         };
         let stream = tls
-            .connect(self.server_name.clone(), tcp)
+            .connect(server_name, tcp)
             .await
             .with_context(|| format!("{} TLS handshake", self.route.label()))?;
         let alpn = stream.get_ref().1.alpn_protocol();
@@ -165,7 +253,7 @@ impl Target {
                 String::from_utf8_lossy(want)
             );
         }
-        Ok(stream)
+        Ok((stream, authority))
     }
 
     /// A ready HTTP connection.
@@ -176,10 +264,10 @@ impl Target {
     /// A ready HTTP connection, and how long TCP connect (+ CONNECT) + TLS took.
     pub async fn open_timed(&self, proto: Proto) -> Result<(Conn, Duration)> {
         let t0 = Instant::now();
-        let tls = self.open_tls(proto).await?;
+        let (tls, authority) = self.open_named(proto).await?;
         let hs = t0.elapsed();
         Ok((
-            Conn::handshake(tls, proto, self.authority.clone(), self.auth.clone()).await?,
+            Conn::handshake(tls, proto, authority, self.auth.clone()).await?,
             hs,
         ))
     }

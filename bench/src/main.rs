@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::client::{Proto, Route, Target};
+use crate::client::{FreshNames, Proto, Route, Target};
 use crate::phases::Timing;
 use crate::stats::{PhaseResult, fmt_us, pct, per_sec};
 
@@ -47,10 +47,13 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
   --sandboxes N    sandboxes (50 rules each) in the policy and sandboxes sections
                    (default 1000)                                env EGRESS_BENCH_SANDBOXES
   --policy-calls N calls per policy decision row (default 200000)
+  --cold-names N   never-used names for the cold-SNI rows (default 20000; the proxy
+                   config lists them all)                        env EGRESS_BENCH_COLD_NAMES
                                                                  env EGRESS_BENCH_POLICY_CALLS
   --only LIST      comma-separated subset of:
-                   keepalive,h2,inject,newconn,latency,throughput,mint,verify,dns,
-                   policy,sandboxes,fleet (fleet only when listed: it runs the
+                   keepalive,h2,inject,newconn,resume,coldsni,latency,throughput,
+                   throughput-h2,mint,verify,dns,policy,sandboxes,fleet (fleet only
+                   when listed: it runs the
                    egress-edge binary as processes)              env EGRESS_BENCH_ONLY
   --edge-bin PATH  the egress-edge binary for `fleet` (default: egress-edge next to this
                    binary, i.e. the same target dir and profile) env EGRESS_BENCH_EDGE_BIN
@@ -58,13 +61,16 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
                    (default 10)                                  env EGRESS_BENCH_FLEET_RATE
 ";
 
-const PHASES: [&str; 12] = [
+const PHASES: [&str; 15] = [
     "keepalive",
     "h2",
     "inject",
     "newconn",
+    "resume",
+    "coldsni",
     "latency",
     "throughput",
+    "throughput-h2",
     "mint",
     "verify",
     "dns",
@@ -87,6 +93,7 @@ struct Args {
     verifies: usize,
     sandboxes: usize,
     policy_calls: usize,
+    cold_names: usize,
     only: Option<Vec<String>>,
     edge_bin: Option<PathBuf>,
     fleet_rate: f64,
@@ -143,6 +150,7 @@ fn parse_args() -> Result<Option<Args>> {
         verifies: 20_000,
         sandboxes: 1000,
         policy_calls: 200_000,
+        cold_names: 20_000,
         only: None,
         edge_bin: None,
         fleet_rate: 10.0,
@@ -176,6 +184,9 @@ fn parse_args() -> Result<Option<Args>> {
     }
     if let Some(v) = env("EGRESS_BENCH_POLICY_CALLS") {
         a.policy_calls = parse_num("EGRESS_BENCH_POLICY_CALLS", &v)?;
+    }
+    if let Some(v) = env("EGRESS_BENCH_COLD_NAMES") {
+        a.cold_names = parse_num("EGRESS_BENCH_COLD_NAMES", &v)?;
     }
     if let Some(v) = env("EGRESS_BENCH_ONLY") {
         a.only = Some(parse_only(&v)?);
@@ -213,6 +224,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--verifies" => a.verifies = parse_num("--verifies", &value()?)?,
             "--sandboxes" => a.sandboxes = parse_num("--sandboxes", &value()?)?,
             "--policy-calls" => a.policy_calls = parse_num("--policy-calls", &value()?)?,
+            "--cold-names" => a.cold_names = parse_num("--cold-names", &value()?)?,
             "--only" => a.only = Some(parse_only(&value()?)?),
             "--edge-bin" => a.edge_bin = Some(PathBuf::from(value()?)),
             "--fleet-rate" => a.fleet_rate = parse_num("--fleet-rate", &value()?)?,
@@ -224,6 +236,9 @@ fn parse_args() -> Result<Option<Args>> {
     }
     if a.conns == 0 || a.new_conns == 0 || a.rounds == 0 {
         bail!("--conns, --new-conns and --rounds must be at least 1");
+    }
+    if a.cold_names > 1_000_000 {
+        bail!("--cold-names must be at most 1000000");
     }
     if !(2..=100_000).contains(&a.sandboxes) {
         bail!("--sandboxes must be in [2, 100000]");
@@ -631,8 +646,19 @@ async fn run() -> Result<bool> {
     let state_dir = scratch.0.join("state");
     std::fs::create_dir_all(&state_dir)?;
     let secrets_file = scratch.0.join("secrets.yaml");
-    let proxy =
-        proxy::Proxy::start(state_dir, &secrets_file, &upstream_ca_path, upstream.port()).await?;
+    let cold_names = if args.wants("coldsni") {
+        args.cold_names
+    } else {
+        0
+    };
+    let proxy = proxy::Proxy::start(
+        state_dir,
+        &secrets_file,
+        &upstream_ca_path,
+        upstream.port(),
+        cold_names,
+    )
+    .await?;
     let bump_ca = CertificateDer::from_pem_slice(proxy.bump_ca_pem.as_bytes())
         .map_err(|e| anyhow!("parsing the bump CA PEM: {e}"))?;
 
@@ -816,6 +842,69 @@ async fn run() -> Result<bool> {
         }
     }
 
+    if args.wants("resume") {
+        report.section(format!(
+            "new connection per request with TLS session resumption, {} workers: TCP (+CONNECT) + \
+             resumed TLS handshake + GET /small (bump: resumed towards the guest; its upstream \
+             side is pooled)",
+            args.new_conns
+        ));
+        let resuming = targets
+            .iter()
+            .map(|t| (*t).clone().with_resumption())
+            .collect::<Result<Vec<_>>>()?;
+        let resuming: Vec<&Target> = resuming.iter().collect();
+        let results = interleaved(args.rounds, &resuming, "new-connection resumed", |tg| {
+            phases::new_conn(tg, args.new_conns, t)
+        })
+        .await;
+        let mut base = Base::Vs(None, "direct resumed");
+        for (target, res) in resuming.iter().copied().zip(results) {
+            let label = format!("{} new-connection resumed", target.route.label());
+            let v = rate_row(&mut report, &label, res, CONNS, &[base.for_target(target)]);
+            base = base.after(target, v, "direct resumed");
+        }
+    }
+
+    if args.wants("coldsni") {
+        report.section(format!(
+            "new connection per request, each to a name never used before (*.{}), {} workers, \
+             full TLS handshakes: the bump mints a leaf and opens an upstream TLS connection \
+             for every one",
+            proxy::COLD_DOMAIN,
+            args.new_conns
+        ));
+        let bump_names = FreshNames::new(proxy::COLD_PREFIX, proxy::COLD_DOMAIN, cold_names);
+        let first = FreshNames::name(proxy::COLD_PREFIX, proxy::COLD_DOMAIN, 0);
+        let cold = [
+            Target::new(Route::Direct, &first, upstream, None, &upstream_roots)?
+                .with_fresh_names(FreshNames::new("d", proxy::COLD_DOMAIN, usize::MAX)),
+            Target::new(Route::Bump, &first, upstream, Some(proxy.addr), &bump_roots)?
+                .with_fresh_names(bump_names.clone()),
+        ];
+        let cold: Vec<&Target> = cold.iter().collect();
+        let results = interleaved(args.rounds, &cold, "new-connection cold SNI", |tg| {
+            phases::new_conn(tg, args.new_conns, t)
+        })
+        .await;
+        let mut base = Base::Vs(None, "direct");
+        for (target, res) in cold.iter().copied().zip(results) {
+            let label = format!("{} cold SNI", target.route.label());
+            let v = rate_row(&mut report, &label, res, CONNS, &[base.for_target(target)]);
+            base = base.after(target, v, "direct");
+        }
+        if bump_names.exhausted() {
+            report.fail(
+                "bump cold SNI",
+                &anyhow!(
+                    "all {} names were used before the row's time was up, so its rate is \
+                     understated: raise --cold-names",
+                    bump_names.used()
+                ),
+            );
+        }
+    }
+
     if args.wants("latency") {
         report.section(
             "new-CONNECT latency, one client, sequential: TCP connect until TLS established end to end"
@@ -839,7 +928,7 @@ async fn run() -> Result<bool> {
             upstream::LARGE_LEN >> 20
         ));
         let results = interleaved(args.rounds, &targets, "/large", |tg| {
-            phases::throughput(tg, t)
+            phases::throughput(tg, Proto::H1, t)
         })
         .await;
         let mut base = Base::Vs(None, "direct");
@@ -847,6 +936,24 @@ async fn run() -> Result<bool> {
             let label = format!("{} /large", target.route.label());
             let v = rate_row(&mut report, &label, res, MBS, &[base.for_target(target)]);
             base = base.after(target, v, "direct");
+        }
+    }
+
+    if args.wants("throughput-h2") {
+        report.section(format!(
+            "throughput, one HTTP/2 stream, GET /large ({} MiB) back to back (bump: HTTP/2 on \
+             both legs)",
+            upstream::LARGE_LEN >> 20
+        ));
+        let results = interleaved(args.rounds, &targets, "/large h2", |tg| {
+            phases::throughput(tg, Proto::H2, t)
+        })
+        .await;
+        let mut base = Base::Vs(None, "direct h2");
+        for (target, res) in targets.iter().copied().zip(results) {
+            let label = format!("{} /large h2", target.route.label());
+            let v = rate_row(&mut report, &label, res, MBS, &[base.for_target(target)]);
+            base = base.after(target, v, "direct h2");
         }
     }
 

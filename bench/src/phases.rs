@@ -88,7 +88,8 @@ pub async fn keep_alive(
     collect(handles).await
 }
 
-/// `workers` loops of: new TCP (+CONNECT) + full TLS handshake + one `GET /small`, then close.
+/// `workers` loops of: new TCP (+CONNECT), a TLS handshake (full, unless the target resumes)
+/// and one `GET /small`, then close; a target with fresh names stops when they are used up.
 /// `hs` samples are the connect → TLS-established part.
 pub async fn new_conn(target: &Target, workers: usize, t: Timing) -> Result<PhaseResult> {
     let win = Window::new(t.warmup, t.secs);
@@ -99,7 +100,7 @@ pub async fn new_conn(target: &Target, workers: usize, t: Timing) -> Result<Phas
                 let mut rec = Rec::new(win);
                 loop {
                     let t0 = Instant::now();
-                    if !rec.go_on(t0, false) {
+                    if !rec.go_on(t0, false) || target.names_exhausted() {
                         break;
                     }
                     let r = async {
@@ -144,10 +145,11 @@ pub async fn connect_latency(target: &Target, t: Timing) -> Result<PhaseResult> 
     collect(vec![h]).await
 }
 
-/// One keep-alive connection downloading `/large` back to back (at least once).
-pub async fn throughput(target: &Target, t: Timing) -> Result<PhaseResult> {
+/// One keep-alive connection (one stream at a time over HTTP/2) downloading `/large` back to
+/// back (at least once).
+pub async fn throughput(target: &Target, proto: Proto, t: Timing) -> Result<PhaseResult> {
     let mut conn = target
-        .open(Proto::H1)
+        .open(proto)
         .await
         .with_context(|| format!("opening {} connection", target.route.label()))?;
     let win = Window::new(t.warmup, t.secs);

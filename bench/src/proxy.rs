@@ -50,25 +50,43 @@ pub fn secrets_yaml() -> String {
     )
 }
 
+/// The domain of the cold-SNI rows' names, bumped through one `*.{COLD_DOMAIN}` rule.
+pub const COLD_DOMAIN: &str = "cold.test";
+/// The prefix of the names the proxy resolves (`network.hosts` takes exact names only).
+pub const COLD_PREFIX: &str = "c";
+
+/// The bench proxy's config; `cold_names` names `c0.cold.test` ... resolve to the upstream.
 pub fn config_yaml(
     state_dir: &Path,
     secrets_file: &Path,
     upstream_ca: &Path,
     upstream_port: u16,
+    cold_names: usize,
 ) -> String {
+    let mut cold_hosts = String::new();
+    for i in 0..cold_names {
+        let name = crate::client::FreshNames::name(COLD_PREFIX, COLD_DOMAIN, i);
+        cold_hosts.push_str(&format!("    {name}: 127.0.0.1\n"));
+    }
     format!(
         "proxy: {{ listen: 127.0.0.1:0, shutdown_grace: 1s }}
 admin: {{ listen: 127.0.0.1:0 }}
 state_dir: {state}
 secrets: {{ file: {secrets} }}
 upstream: {{ extra_roots: [{roots}] }}
-network: {{ allow: [127.0.0.1/32], hosts: {{ upstream.test: 127.0.0.1, bump.test: 127.0.0.1, {inject}: 127.0.0.1 }} }}
 destinations:
   - {{ host: upstream.test, ports: [{port}], rung: passthrough }}
   - {{ host: bump.test, ports: [{port}], rung: bump }}
   - {{ host: {inject}, ports: [{port}], credential: {{ secret: {INJECT_SECRET_NAME} }} }}
+  - {{ host: '*.{COLD_DOMAIN}', ports: [{port}], rung: bump }}
 default_rung: deny
-",
+network:
+  allow: [127.0.0.1/32]
+  hosts:
+    upstream.test: 127.0.0.1
+    bump.test: 127.0.0.1
+    {inject}: 127.0.0.1
+{cold_hosts}",
         state = yaml_path(state_dir),
         secrets = yaml_path(secrets_file),
         roots = yaml_path(upstream_ca),
@@ -99,9 +117,16 @@ impl Proxy {
         secrets_file: &Path,
         upstream_ca: &Path,
         upstream_port: u16,
+        cold_names: usize,
     ) -> Result<Proxy> {
         write_private(secrets_file, &secrets_yaml())?;
-        let yaml = config_yaml(&state_dir, secrets_file, upstream_ca, upstream_port);
+        let yaml = config_yaml(
+            &state_dir,
+            secrets_file,
+            upstream_ca,
+            upstream_port,
+            cold_names,
+        );
         Proxy::start_yaml(&yaml, &state_dir, "bench").await
     }
 

@@ -12,6 +12,7 @@
 //! `admit`) and dial only through the snapshot's dialer.
 
 pub mod bump;
+mod coalesce;
 pub mod head;
 pub mod passthrough;
 pub mod plain;

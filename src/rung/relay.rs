@@ -26,6 +26,7 @@ use crate::context::ReqCtx;
 use crate::credential::reflect::{DEFAULT_LIMIT, RedactBody, Reflect};
 use crate::observe::access_log::Outcome;
 use crate::refusal;
+use crate::rung::coalesce::Coalesce;
 use crate::state::Shared;
 use crate::upstream::client::HttpClient;
 use crate::upstream::connector::DialedAddr;
@@ -69,7 +70,7 @@ pub async fn relay(
     let host = ctx.host().to_owned();
     let mut access = ctx.access;
     let counted = down.clone();
-    let body = Counted::new(body, down).on_end(move |how| {
+    let body = Counted::new(Coalesce::new(body), down).on_end(move |how| {
         // The response is over: whatever the guest has not uploaded yet is not needed.
         if let Some(rest) = cutter.cut() {
             tasks.spawn(drain(rest, defaults::EARLY_RESPONSE_DRAIN));
