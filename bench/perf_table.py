@@ -16,7 +16,7 @@ for line in sys.stdin:
         header = line
         continue
     if line and not line.startswith(" ") and not line.startswith("bench") and not line.startswith("ratios") and not line.startswith("upstream "):
-        section = line.split(",")[0].split(":")[0]
+        section = ",".join(line.split(":")[0].split(",")[:2])
         continue
     m = ROW.match(line)
     if not m or section is None:

@@ -80,7 +80,21 @@ pub struct Target {
     roots: Arc<RootCertStore>,
     /// A new name per connection instead of `server_name`.
     fresh: Option<Arc<FreshNames>>,
+    /// TLS handshakes completed, and how many of them were resumptions (shared by clones).
+    handshakes: Arc<(AtomicUsize, AtomicUsize)>,
 }
+
+/// Every fresh name of a target has been handed out: the loop using it is over, not failed.
+#[derive(Debug)]
+pub struct NamesUsedUp;
+
+impl std::fmt::Display for NamesUsedUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fresh names used up")
+    }
+}
+
+impl std::error::Error for NamesUsedUp {}
 
 /// `{prefix}{i}.{domain}` for i = 0, 1, ... up to a limit, each handed out once.
 #[derive(Debug)]
@@ -173,6 +187,7 @@ impl Target {
             tls_h2: connector(roots, b"h2", false)?,
             roots: roots.clone(),
             fresh: None,
+            handshakes: Arc::default(),
         })
     }
 
@@ -182,7 +197,16 @@ impl Target {
     pub fn with_resumption(mut self) -> Result<Target> {
         self.tls_h1 = connector(&self.roots, b"http/1.1", true)?;
         self.tls_h2 = connector(&self.roots, b"h2", true)?;
+        self.handshakes = Arc::default();
         Ok(self)
+    }
+
+    /// (resumed, all) TLS handshakes this target (and its clones) completed.
+    pub fn handshakes(&self) -> (usize, usize) {
+        (
+            self.handshakes.1.load(Ordering::Relaxed),
+            self.handshakes.0.load(Ordering::Relaxed),
+        )
     }
 
     /// The same target, each connection to the next of `names` (for SNI, CONNECT and Host).
@@ -201,7 +225,7 @@ impl Target {
         let Some(fresh) = &self.fresh else {
             return Ok((self.server_name.clone(), self.authority.clone()));
         };
-        let name = fresh.take().ok_or_else(|| anyhow!("fresh names used up"))?;
+        let name = fresh.take().ok_or(NamesUsedUp)?;
         let port = self.authority.rsplit_once(':').map_or("", |(_, p)| p);
         let authority = format!("{name}:{port}");
         let sni = ServerName::try_from(name).map_err(|e| anyhow!("server name: {e}"))?;
@@ -240,6 +264,10 @@ impl Target {
             .connect(server_name, tcp)
             .await
             .with_context(|| format!("{} TLS handshake", self.route.label()))?;
+        self.handshakes.0.fetch_add(1, Ordering::Relaxed);
+        if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.handshakes.1.fetch_add(1, Ordering::Relaxed);
+        }
         let alpn = stream.get_ref().1.alpn_protocol();
         let want: &[u8] = match proto {
             Proto::H1 => b"http/1.1",

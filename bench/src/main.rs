@@ -47,12 +47,12 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
   --sandboxes N    sandboxes (50 rules each) in the policy and sandboxes sections
                    (default 1000)                                env EGRESS_BENCH_SANDBOXES
   --policy-calls N calls per policy decision row (default 200000)
+                                                                 env EGRESS_BENCH_POLICY_CALLS
   --cold-names N   never-used names for the cold-SNI rows (default 20000; the proxy
                    config lists them all)                        env EGRESS_BENCH_COLD_NAMES
-                                                                 env EGRESS_BENCH_POLICY_CALLS
   --only LIST      comma-separated subset of:
                    keepalive,h2,inject,newconn,resume,coldsni,latency,throughput,
-                   throughput-h2,mint,verify,dns,policy,sandboxes,fleet (fleet only
+                   throughput-h2,mint,verify,reencrypt,dns,policy,sandboxes,fleet (fleet only
                    when listed: it runs the
                    egress-edge binary as processes)              env EGRESS_BENCH_ONLY
   --edge-bin PATH  the egress-edge binary for `fleet` (default: egress-edge next to this
@@ -61,7 +61,7 @@ usage: egress-bench [--quick] [--secs S] [--rounds R] [--warmup-ms MS] [--conns 
                    (default 10)                                  env EGRESS_BENCH_FLEET_RATE
 ";
 
-const PHASES: [&str; 15] = [
+const PHASES: [&str; 16] = [
     "keepalive",
     "h2",
     "inject",
@@ -73,6 +73,7 @@ const PHASES: [&str; 15] = [
     "throughput-h2",
     "mint",
     "verify",
+    "reencrypt",
     "dns",
     "policy",
     "sandboxes",
@@ -480,6 +481,24 @@ fn rate_row(
 }
 
 /// A latency row (lower is better); the ratio is of p50s. Returns the p50 in µs.
+/// One [`rate_row`] per target, each against the section's first (direct) row, `base` naming
+/// it; a row's label is the target's route and `what`.
+fn rate_rows(
+    report: &mut Report,
+    targets: &[&Target],
+    results: Vec<Result<PhaseResult>>,
+    m: Metric,
+    what: &str,
+    base: &'static str,
+) {
+    let mut vs = Base::Vs(None, base);
+    for (target, res) in targets.iter().copied().zip(results) {
+        let label = format!("{} {what}", target.route.label());
+        let v = rate_row(report, &label, res, m, &[vs.for_target(target)]);
+        vs = vs.after(target, v, base);
+    }
+}
+
 fn latency_row(
     report: &mut Report,
     label: &str,
@@ -762,12 +781,7 @@ async fn run() -> Result<bool> {
             phases::keep_alive(tg, Proto::H1, args.conns, t)
         })
         .await;
-        let mut base = Base::Vs(None, "direct");
-        for (target, res) in targets.iter().copied().zip(results) {
-            let label = format!("{} keep-alive", target.route.label());
-            let v = rate_row(&mut report, &label, res, REQS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct");
-        }
+        rate_rows(&mut report, &targets, results, REQS, "keep-alive", "direct");
     }
 
     if args.wants("h2") {
@@ -779,12 +793,14 @@ async fn run() -> Result<bool> {
             phases::keep_alive(tg, Proto::H2, args.conns, t)
         })
         .await;
-        let mut base = Base::Vs(None, "direct h2");
-        for (target, res) in targets.iter().copied().zip(results) {
-            let label = format!("{} keep-alive h2", target.route.label());
-            let v = rate_row(&mut report, &label, res, REQS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct h2");
-        }
+        rate_rows(
+            &mut report,
+            &targets,
+            results,
+            REQS,
+            "keep-alive h2",
+            "direct h2",
+        );
     }
 
     if let Some(inject) = &inject {
@@ -834,12 +850,14 @@ async fn run() -> Result<bool> {
             phases::new_conn(tg, args.new_conns, t)
         })
         .await;
-        let mut base = Base::Vs(None, "direct");
-        for (target, res) in targets.iter().copied().zip(results) {
-            let label = format!("{} new-connection", target.route.label());
-            let v = rate_row(&mut report, &label, res, CONNS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct");
-        }
+        rate_rows(
+            &mut report,
+            &targets,
+            results,
+            CONNS,
+            "new-connection",
+            "direct",
+        );
     }
 
     if args.wants("resume") {
@@ -858,50 +876,25 @@ async fn run() -> Result<bool> {
             phases::new_conn(tg, args.new_conns, t)
         })
         .await;
-        let mut base = Base::Vs(None, "direct resumed");
-        for (target, res) in resuming.iter().copied().zip(results) {
+        rate_rows(
+            &mut report,
+            &resuming,
+            results,
+            CONNS,
+            "new-connection resumed",
+            "direct resumed",
+        );
+        for target in &resuming {
+            // The row means nothing if the server stopped resuming: each worker's first
+            // handshake per round is full, every later one should be a resumption.
             let label = format!("{} new-connection resumed", target.route.label());
-            let v = rate_row(&mut report, &label, res, CONNS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct resumed");
-        }
-    }
-
-    if args.wants("coldsni") {
-        report.section(format!(
-            "new connection per request, each to a name never used before (*.{}), {} workers, \
-             full TLS handshakes: the bump mints a leaf and opens an upstream TLS connection \
-             for every one",
-            proxy::COLD_DOMAIN,
-            args.new_conns
-        ));
-        let bump_names = FreshNames::new(proxy::COLD_PREFIX, proxy::COLD_DOMAIN, cold_names);
-        let first = FreshNames::name(proxy::COLD_PREFIX, proxy::COLD_DOMAIN, 0);
-        let cold = [
-            Target::new(Route::Direct, &first, upstream, None, &upstream_roots)?
-                .with_fresh_names(FreshNames::new("d", proxy::COLD_DOMAIN, usize::MAX)),
-            Target::new(Route::Bump, &first, upstream, Some(proxy.addr), &bump_roots)?
-                .with_fresh_names(bump_names.clone()),
-        ];
-        let cold: Vec<&Target> = cold.iter().collect();
-        let results = interleaved(args.rounds, &cold, "new-connection cold SNI", |tg| {
-            phases::new_conn(tg, args.new_conns, t)
-        })
-        .await;
-        let mut base = Base::Vs(None, "direct");
-        for (target, res) in cold.iter().copied().zip(results) {
-            let label = format!("{} cold SNI", target.route.label());
-            let v = rate_row(&mut report, &label, res, CONNS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct");
-        }
-        if bump_names.exhausted() {
-            report.fail(
-                "bump cold SNI",
-                &anyhow!(
-                    "all {} names were used before the row's time was up, so its rate is \
-                     understated: raise --cold-names",
-                    bump_names.used()
-                ),
-            );
+            let (resumed, all) = target.handshakes();
+            if all > 0 && (resumed as f64) < 0.9 * all as f64 {
+                report.fail(
+                    &label,
+                    &anyhow!("only {resumed} of {all} TLS handshakes were resumptions"),
+                );
+            }
         }
     }
 
@@ -931,12 +924,7 @@ async fn run() -> Result<bool> {
             phases::throughput(tg, Proto::H1, t)
         })
         .await;
-        let mut base = Base::Vs(None, "direct");
-        for (target, res) in targets.iter().copied().zip(results) {
-            let label = format!("{} /large", target.route.label());
-            let v = rate_row(&mut report, &label, res, MBS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct");
-        }
+        rate_rows(&mut report, &targets, results, MBS, "/large", "direct");
     }
 
     if args.wants("throughput-h2") {
@@ -949,11 +937,48 @@ async fn run() -> Result<bool> {
             phases::throughput(tg, Proto::H2, t)
         })
         .await;
-        let mut base = Base::Vs(None, "direct h2");
-        for (target, res) in targets.iter().copied().zip(results) {
-            let label = format!("{} /large h2", target.route.label());
-            let v = rate_row(&mut report, &label, res, MBS, &[base.for_target(target)]);
-            base = base.after(target, v, "direct h2");
+        rate_rows(
+            &mut report,
+            &targets,
+            results,
+            MBS,
+            "/large h2",
+            "direct h2",
+        );
+    }
+
+    if args.wants("coldsni") {
+        report.section(format!(
+            "new connection per request, each to a name never used before (*.{}), {} workers, \
+             full TLS handshakes: the bump mints a leaf and opens an upstream TLS connection \
+             for every one",
+            proxy::COLD_DOMAIN,
+            args.new_conns
+        ));
+        let bump_names = FreshNames::new(proxy::COLD_PREFIX, proxy::COLD_DOMAIN, cold_names);
+        let first = FreshNames::name(proxy::COLD_PREFIX, proxy::COLD_DOMAIN, 0);
+        let cold = [
+            Target::new(Route::Direct, &first, upstream, None, &upstream_roots)?
+                .with_fresh_names(FreshNames::new("d", proxy::COLD_DOMAIN, usize::MAX)),
+            Target::new(Route::Bump, &first, upstream, Some(proxy.addr), &bump_roots)?
+                .with_fresh_names(bump_names.clone()),
+        ];
+        let cold: Vec<&Target> = cold.iter().collect();
+        let results = interleaved(args.rounds, &cold, "new-connection cold SNI", |tg| {
+            phases::new_conn(tg, args.new_conns, t)
+        })
+        .await;
+        rate_rows(&mut report, &cold, results, CONNS, "cold SNI", "direct");
+        if bump_names.exhausted() {
+            report.fail(
+                "bump cold SNI",
+                &anyhow!(
+                    "all {} names were used before the row's time was up, so it measured \
+                     less than the planned time (or nothing, if they ran out in the warm-up): \
+                     raise --cold-names",
+                    bump_names.used()
+                ),
+            );
         }
     }
 
@@ -975,6 +1000,29 @@ async fn run() -> Result<bool> {
                     note: "(no baseline: pure CPU)".to_owned(),
                 });
             }
+            Err(e) => report.fail(label, &e),
+        }
+    }
+
+    if args.wants("reencrypt") {
+        report.section(
+            "re-encryption: AES-256-GCM open + seal of 16 KiB records with ring, one thread, \
+             1 GiB of plaintext (the bump's crypto per byte relayed)"
+                .to_owned(),
+        );
+        let label = "AES-256-GCM open+seal";
+        eprintln!("bench: running {label}");
+        match phases::reencrypt(1 << 30).await {
+            Ok(took) => report.push(Row {
+                label: label.to_owned(),
+                value: format!("{:.0} MB/s", per_sec((1u64 << 30) as f64, took) / 1e6),
+                p50: String::new(),
+                p99: String::new(),
+                note: format!(
+                    "(no baseline: pure CPU; {:.1} ms per 64 MiB)",
+                    took.as_secs_f64() * 1000.0 / 16.0
+                ),
+            }),
             Err(e) => report.fail(label, &e),
         }
     }

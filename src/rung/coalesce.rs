@@ -5,8 +5,13 @@
 //! relayed one by one, each becomes a frame, a TLS record and a `write(2)` towards the guest.
 //! [`Coalesce`] joins chunks only while the inner body has the next one ready at once, up to
 //! [`COALESCE_LIMIT`] bytes: it never waits for data, so a streamed response (server-sent
-//! events, a slow download) reaches the guest exactly as soon as before. A chunk already as
-//! large as the limit, trailers and errors pass through untouched, in order. It counts,
+//! events, a slow download) reaches the guest exactly as soon as before. Trailers and errors
+//! pass through untouched, in order.
+//!
+//! Towards an HTTP/2 guest ([`Coalesce::for_h2_guest`]) chunks are also cut to
+//! [`H2_RECORD_DATA`] bytes: each becomes one DATA frame whose 9-byte header and payload fill
+//! one full 16 KiB TLS record, where a 16 KiB chunk would be sent as a full record plus a
+//! 9-byte one. Towards an HTTP/1.1 guest a chunk at or over the limit passes whole. It counts,
 //! meters and decides nothing.
 
 use std::pin::Pin;
@@ -18,6 +23,10 @@ use http_body::{Body, Frame, SizeHint};
 /// The most bytes one coalesced chunk carries: a few TLS records' worth, so joining saves
 /// frames and writes without holding a large buffer per stream.
 pub const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// The DATA payload that, with its 9-byte HTTP/2 frame header, fills one TLS record of the
+/// largest plaintext size (16 KiB); no peer's maximum frame size is smaller.
+pub const H2_RECORD_DATA: usize = 16 * 1024 - 9;
 
 /// What was read past the chunk being returned, to be returned next.
 #[derive(Debug)]
@@ -31,9 +40,11 @@ enum Held<E> {
 pub struct Coalesce<B: Body> {
     inner: B,
     held: Option<Held<B::Error>>,
-    /// The inner body has ended (returned `None`).
+    /// The inner body has ended (returned `None`) or failed.
     done: bool,
     limit: usize,
+    /// Cut chunks over `limit` to `limit` (and fill joined chunks up to it exactly).
+    cut: bool,
 }
 
 // Nothing in it is pinned structurally: `inner` is `Unpin` (required below) and the held
@@ -45,12 +56,21 @@ impl<B: Body> Coalesce<B> {
         Self::with_limit(inner, COALESCE_LIMIT)
     }
 
+    /// Chunks sized for an HTTP/2 guest: each one DATA frame filling one TLS record.
+    pub fn for_h2_guest(inner: B) -> Self {
+        Coalesce {
+            cut: true,
+            ..Self::with_limit(inner, H2_RECORD_DATA)
+        }
+    }
+
     pub fn with_limit(inner: B, limit: usize) -> Self {
         Coalesce {
             inner,
             held: None,
             done: false,
-            limit,
+            limit: limit.max(1),
+            cut: false,
         }
     }
 }
@@ -69,23 +89,37 @@ where
         let this = self.get_mut();
         let first = match this.held.take() {
             Some(Held::Frame(f)) => f,
-            Some(Held::Error(e)) => return Poll::Ready(Some(Err(e))),
+            // Nothing is read past an error.
+            Some(Held::Error(e)) => {
+                this.done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
             None if this.done => return Poll::Ready(None),
             None => match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => f,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(None) => {
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                other => return other,
+                Poll::Pending => return Poll::Pending,
             },
         };
         let first = match first.into_data() {
-            Ok(d) if d.len() < this.limit && !this.done => d,
-            Ok(d) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+            Ok(d) if d.len() < this.limit => d,
+            Ok(mut d) => {
+                if this.cut && d.len() > this.limit {
+                    this.held = Some(Held::Frame(Frame::data(d.split_off(this.limit))));
+                }
+                return Poll::Ready(Some(Ok(Frame::data(d))));
+            }
             Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
         };
-        let mut joined: Option<BytesMut> = None;
+        // The chunks to join, copied once into a buffer of exactly their size.
+        let mut parts: Vec<Bytes> = Vec::new();
         let mut len = first.len();
         while len < this.limit {
             let next = match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -102,15 +136,15 @@ where
             };
             match next.into_data() {
                 Ok(d) if len + d.len() <= this.limit => {
-                    let buf = joined.get_or_insert_with(|| {
-                        let mut b = BytesMut::with_capacity(this.limit);
-                        b.extend_from_slice(&first);
-                        b
-                    });
-                    buf.extend_from_slice(&d);
                     len += d.len();
+                    parts.push(d);
                 }
-                Ok(d) => {
+                Ok(mut d) => {
+                    if this.cut {
+                        // Fill this chunk to the limit; the rest starts the next one.
+                        parts.push(d.split_to(this.limit - len));
+                        len = this.limit;
+                    }
                     this.held = Some(Held::Frame(Frame::data(d)));
                     break;
                 }
@@ -120,11 +154,15 @@ where
                 }
             }
         }
-        let data = match joined {
-            Some(b) => b.freeze(),
-            None => first,
-        };
-        Poll::Ready(Some(Ok(Frame::data(data))))
+        if parts.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let mut joined = BytesMut::with_capacity(len);
+        joined.extend_from_slice(&first);
+        for p in &parts {
+            joined.extend_from_slice(p);
+        }
+        Poll::Ready(Some(Ok(Frame::data(joined.freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -197,7 +235,10 @@ mod tests {
 
     /// What each poll of `Coalesce` returns, as text, until it ends or has polled `max` times.
     fn outputs(script: Vec<Step>, limit: usize, max: usize) -> Vec<String> {
-        let mut body = Coalesce::with_limit(Script(script.into()), limit);
+        shown(Coalesce::with_limit(Script(script.into()), limit), max)
+    }
+
+    fn shown(mut body: Coalesce<Script>, max: usize) -> Vec<String> {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut out = Vec::new();
@@ -268,6 +309,42 @@ mod tests {
     }
 
     #[test]
+    fn for_an_h2_guest_chunks_are_cut_to_fill_records() {
+        let cut = |script: Vec<Step>, limit: usize| {
+            let mut body = Coalesce::for_h2_guest(Script(script.into()));
+            body.limit = limit;
+            shown(body, 16)
+        };
+        let cases: Vec<(&str, Vec<Step>, Vec<&str>)> = vec![
+            (
+                "an oversized chunk is cut",
+                vec![data("abcdefghij")],
+                vec!["data abcd", "data efgh", "data ij", "end"],
+            ),
+            (
+                "joined chunks are filled to the limit exactly",
+                vec![data("ab"), data("cdef"), data("g")],
+                vec!["data abcd", "data efg", "end"],
+            ),
+            (
+                "a pending body still releases a short chunk at once",
+                vec![data("ab"), Poll::Pending, data("cdefgh")],
+                vec!["data ab", "data cdef", "data gh", "end"],
+            ),
+            (
+                "trailers after a cut chunk come after all of it",
+                vec![data("abcdef"), trailers()],
+                vec!["data abcd", "data ef", "trailers 1", "end"],
+            ),
+        ];
+        for (name, script, want) in cases {
+            assert_eq!(cut(script, 4), want, "{name}");
+        }
+        // The size: one full 16 KiB TLS record per frame, header included.
+        assert_eq!(H2_RECORD_DATA + 9, 16 * 1024);
+    }
+
+    #[test]
     fn end_and_size_stay_exact() {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
@@ -290,5 +367,31 @@ mod tests {
         let _ = Pin::new(&mut body).poll_frame(&mut cx);
         assert!(!body.is_end_stream());
         assert!(body.size_hint().lower() >= 3, "{:?}", body.size_hint());
+    }
+
+    #[test]
+    fn a_joined_chunk_holds_no_more_memory_than_its_bytes() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut body = Coalesce::new(Script(vec![data("ab"), data("cd")].into()));
+        let Poll::Ready(Some(Ok(f))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("a frame");
+        };
+        let joined = f.into_data().unwrap_or_default();
+        assert_eq!(&joined[..], b"abcd");
+        // Converting back to `BytesMut` shows the allocation behind it: the probe itself sees
+        // spare room where there is some, and the joined chunk has none.
+        let mut roomy = BytesMut::with_capacity(1024);
+        roomy.extend_from_slice(b"abcd");
+        assert_eq!(BytesMut::from(roomy.freeze()).capacity(), 1024);
+        assert_eq!(BytesMut::from(joined).capacity(), 4);
+    }
+
+    #[test]
+    fn nothing_is_read_past_an_error() {
+        let script = vec![Poll::Ready(Some(Err("cut"))), data("after the error")];
+        assert_eq!(outputs(script, 64, 8), vec!["error cut", "end"]);
+        let script = vec![data("ab"), Poll::Ready(Some(Err("cut"))), data("later")];
+        assert_eq!(outputs(script, 64, 8), vec!["data ab", "error cut", "end"]);
     }
 }

@@ -77,5 +77,7 @@ pub async fn relay(mut ctx: ReqCtx, host: Host, req: Request<Incoming>) -> Respo
     }
     parts.version = http::Version::HTTP_11;
     let client = ctx.snap.plain.clone();
-    super::relay(ctx, &client, Request::from_parts(parts, body), None).await
+    // Plain-HTTP guests speak HTTP/1.x to the proxy.
+    let guest = http::Version::HTTP_11;
+    super::relay(ctx, &client, Request::from_parts(parts, body), None, guest).await
 }

@@ -36,12 +36,14 @@ use crate::upstream::relay::send;
 
 /// Sends `req` through `client` and relays the response; refusals go through `ctx`. With
 /// `reflect`, the secret (and its encodings) is redacted from the response headers and the
-/// first bytes of the body, each redaction counted and audited.
+/// first bytes of the body, each redaction counted and audited. `guest` is the protocol the
+/// response goes back in, which sizes its chunks ([`Coalesce`]).
 pub async fn relay(
     mut ctx: ReqCtx,
     client: &HttpClient,
     req: Request<Incoming>,
     reflect: Option<Reflect>,
+    guest: http::Version,
 ) -> Response<Body> {
     let up = Arc::new(AtomicU64::new(0));
     let (parts, body) = req.into_parts();
@@ -70,7 +72,12 @@ pub async fn relay(
     let host = ctx.host().to_owned();
     let mut access = ctx.access;
     let counted = down.clone();
-    let body = Counted::new(Coalesce::new(body), down).on_end(move |how| {
+    let body = if guest >= http::Version::HTTP_2 {
+        Coalesce::for_h2_guest(body)
+    } else {
+        Coalesce::new(body)
+    };
+    let body = Counted::new(body, down).on_end(move |how| {
         // The response is over: whatever the guest has not uploaded yet is not needed.
         if let Some(rest) = cutter.cut() {
             tasks.spawn(drain(rest, defaults::EARLY_RESPONSE_DRAIN));

@@ -225,11 +225,17 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     let Some(client) = injected.client.or_else(|| pooled.clone()) else {
         return Ok(ctx.deny(Kind::UpstreamTls, "no upstream TLS client configured"));
     };
+    let guest = if guest_h1 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_2
+    };
     Ok(crate::rung::relay(
         ctx,
         &client,
         Request::from_parts(parts, body),
         injected.reflect,
+        guest,
     )
     .await)
 }
