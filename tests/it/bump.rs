@@ -181,6 +181,31 @@ async fn the_upstream_leg_follows_the_guest_s_protocol() {
     }
 }
 
+/// A body relayed in joined and cut chunks (`rung::coalesce`) arrives byte for byte, over an
+/// HTTP/2 guest leg (chunks cut to one TLS record each) and an HTTP/1.1 one, whichever
+/// protocol the upstream leg speaks.
+#[tokio::test]
+async fn a_large_body_in_odd_chunks_arrives_intact_over_both_protocols() {
+    use crate::common::upstream::{PATTERN_LEN, pattern_byte};
+    let want: Vec<u8> = (0..PATTERN_LEN).map(pattern_byte).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let h1_only: &[&[u8]] = &[b"http/1.1"];
+    for (alpn, upstream) in [(both, "h2 upstream"), (h1_only, "http/1.1 upstream")] {
+        let env = bump_env_with(alpn, "", "").await;
+        let url = format!("https://bump.test:{}/pattern", env.up.port());
+        for flag in ["--http2", "--http1.1"] {
+            let out = dir.path().join("pattern.bin");
+            let path = out.display().to_string();
+            let (code, _, err) = curl_async(curl_args(&env, &[flag, "-o", &path], &url)).await;
+            assert_eq!(code, 0, "{upstream}, guest {flag}: {err}");
+            let got = std::fs::read(&out).unwrap();
+            assert_eq!(got.len(), want.len(), "{upstream}, guest {flag}");
+            assert!(got == want, "{upstream}, guest {flag}: the body differs");
+        }
+    }
+}
+
 #[tokio::test]
 async fn python_urllib_through_the_bump() {
     if std::process::Command::new("python3")

@@ -186,6 +186,25 @@ async fn upstream_handler(
                 .insert("x-echo", http::HeaderValue::from_str(&auth).unwrap());
             r
         }
+        // PATTERN_LEN bytes of `pattern_byte`, sent in chunks of odd sizes on both sides of a
+        // TLS record, queued ahead so the relay finds several ready at once.
+        "/pattern" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+            tokio::spawn(async move {
+                let sizes = [1, 8192, 100_000, 16_375, 16_376, 3, 16_384, 65_536, 7];
+                let (mut at, mut i) = (0usize, 0usize);
+                while at < PATTERN_LEN {
+                    let n = sizes[i % sizes.len()].min(PATTERN_LEN - at);
+                    let chunk: Vec<u8> = (at..at + n).map(pattern_byte).collect();
+                    if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                        return;
+                    }
+                    at += n;
+                    i += 1;
+                }
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
+        }
         "/trailers" => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             tokio::spawn(async move {
@@ -271,6 +290,14 @@ async fn upstream_handler(
         _ => Response::builder().status(404).body(full("nope")).unwrap(),
     };
     Ok(resp)
+}
+
+/// The length of `/pattern`'s body.
+pub const PATTERN_LEN: usize = 3 * 1024 * 1024 + 123;
+
+/// Byte `i` of `/pattern`'s body.
+pub fn pattern_byte(i: usize) -> u8 {
+    ((i * 31 + 7) % 251) as u8
 }
 
 pub(crate) fn tokio_stream_from(
