@@ -260,8 +260,9 @@ pub async fn verify(dir: std::path::PathBuf, count: usize) -> Result<(Vec<u32>, 
 
 /// One core re-encrypting as the bump does per byte of a download: each 16 KiB TLS record is
 /// opened (AES-256-GCM, what the upstream leg receives) and sealed again (what the guest leg
-/// sends), with ring, the proxy's crypto provider. Runs `total` bytes of plaintext; returns the
-/// time taken.
+/// sends), with ring, the proxy's crypto provider. Each round also copies the 16 KiB record
+/// back in place (opening decrypts it), much as the proxy copies a record out of the socket.
+/// Runs `total` bytes of plaintext; returns the time taken.
 pub async fn reencrypt(total: usize) -> Result<Duration> {
     tokio::task::spawn_blocking(move || -> Result<Duration> {
         use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
