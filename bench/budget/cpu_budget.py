@@ -61,23 +61,18 @@ def run_child(argv):
         raise RuntimeError(f"{argv[0]} exited {p.returncode}")
     return out, ru.ru_utime + ru.ru_stime
 
-def process_cpu_s(pid):
-    """utime + stime of a process, exited threads included (clock ticks)."""
+def stat_cpu_s(pid, children):
+    """utime + stime of a process, exited threads included, and with `children` those of its
+    reaped children too (clock ticks, so coarse)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
-
-def with_children_cpu_s(pid):
-    """utime + stime of a process and its reaped children (clock ticks, so coarse)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
 
 def proxy_cpu_s(proxy):
     if proxy is None:
         return 0.0
     kind, pid = proxy
-    return process_cpu_s(pid) if kind == "threads" else with_children_cpu_s(pid)
+    return stat_cpu_s(pid, kind == "children")
 
 def measure(fn, proxy):
     ng = nginx_workers()
@@ -165,9 +160,8 @@ def run(binary, tmp, procs, secs, downloads, rows):
     relay = subprocess.Popen(["socat", "TCP-LISTEN:3199,bind=127.0.0.1,fork,reuseaddr,nodelay",
                               "TCP:127.0.0.1:8443,nodelay"], stderr=subprocess.DEVNULL)
     procs["socat"] = relay
-    edges = procs
-    targets = [("direct", [], None), ("tunnel", ["-x", "http://127.0.0.1:3160"], ("threads", edges["passthrough"].pid)),
-               ("bump", ["-x", "http://127.0.0.1:3161"], ("threads", edges["bump"].pid)),
+    targets = [("direct", [], None), ("tunnel", ["-x", "http://127.0.0.1:3160"], ("threads", procs["passthrough"].pid)),
+               ("bump", ["-x", "http://127.0.0.1:3161"], ("threads", procs["bump"].pid)),
                ("socat", [], ("children", relay.pid))]
     with open("/proc/loadavg") as f:
         print(f"cpu budget: {NCPU} cores, load {f.read().split()[0]} at start, {binary}")

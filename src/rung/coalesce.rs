@@ -170,13 +170,10 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
+        // Nothing is ever held once the inner body is done: a frame is held only when a poll
+        // stops short of the inner body's end, and an error ends it as it is returned.
         if self.done {
-            return match &self.held {
-                Some(Held::Frame(f)) => {
-                    SizeHint::with_exact(f.data_ref().map_or(0, |d| d.len() as u64))
-                }
-                _ => SizeHint::with_exact(0),
-            };
+            return SizeHint::with_exact(0);
         }
         let mut hint = self.inner.size_hint();
         if let Some(Held::Frame(f)) = &self.held

@@ -161,7 +161,8 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     // leg relays faster (no framing, no second flow control; bench/README.md, "Where the
     // time goes"): such requests go out over HTTP/1.1. HTTP/2 guests keep HTTP/2 upstream
     // where the upstream offers it (gRPC needs it end to end).
-    let guest_h1 = parts.version <= http::Version::HTTP_11;
+    let guest = parts.version;
+    let guest_h1 = guest <= http::Version::HTTP_11;
     let snap = ctx.snap.clone();
     let dest = Dest {
         snap: &snap,
@@ -224,11 +225,6 @@ pub async fn handle(req: Request<Incoming>, s: Arc<Session>) -> Result<Response<
     let pooled = if guest_h1 { &snap.tls_h1 } else { &snap.tls };
     let Some(client) = injected.client.or_else(|| pooled.clone()) else {
         return Ok(ctx.deny(Kind::UpstreamTls, "no upstream TLS client configured"));
-    };
-    let guest = if guest_h1 {
-        http::Version::HTTP_11
-    } else {
-        http::Version::HTTP_2
     };
     Ok(crate::rung::relay(
         ctx,
